@@ -1,0 +1,310 @@
+package chatkit
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("chatkit", parseCaddyfile)
+	// Before `handle`, so it sees requests ahead of respond, reverse_proxy,
+	// php_fastcgi and file_server without a global `order` option.
+	httpcaddyfile.RegisterDirectiveOrder("chatkit", httpcaddyfile.Before, "handle")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	chatkit [<matcher>] {
+//		workflow <id> [<version>]
+//		api_key <key>
+//		api_base <url>
+//		organization <id>
+//		project <id>
+//		tracing on|off
+//		state_variable <name> <value>
+//
+//		start_path <path>
+//		refresh_path <path>
+//		health_path <path>|off
+//
+//		user <placeholder>
+//		cookie_name <name>
+//		cookie_secret <secret>
+//		cookie_max_age <duration>
+//
+//		session_ttl <duration>
+//		max_requests_per_minute <n>
+//		file_upload on|off {
+//			max_file_size <megabytes>
+//			max_files <n>
+//		}
+//		history on|off {
+//			recent_threads <n>
+//		}
+//		thread_titling on|off
+//
+//		timeout <duration>
+//		max_body <size>
+//		allow_origins <origin>...
+//	}
+//
+// Only `workflow` is required. `state_variable` and `allow_origins` may be
+// repeated; every other subdirective may appear once. The blocks after
+// `file_upload` and `history` are optional.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		name := d.Val()
+		if seen[name] && name != "state_variable" && name != "allow_origins" {
+			return d.Errf("duplicate subdirective %q", name)
+		}
+		seen[name] = true
+		var err error
+		switch name {
+		case "workflow":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			if h.Workflow == nil {
+				h.Workflow = new(Workflow)
+			}
+			h.Workflow.ID = args[0]
+			if len(args) == 2 {
+				if strings.EqualFold(args[1], "latest") {
+					return d.Err(`workflow version "latest" breaks chats after they start; pin a version or omit it`)
+				}
+				h.Workflow.Version = args[1]
+			}
+		case "api_key":
+			err = singleArg(d, &h.APIKey)
+		case "api_base":
+			err = singleArg(d, &h.APIBase)
+		case "organization":
+			err = singleArg(d, &h.Organization)
+		case "project":
+			err = singleArg(d, &h.Project)
+		case "tracing":
+			var on bool
+			if on, err = onOff(d); err == nil {
+				if h.Workflow == nil {
+					h.Workflow = new(Workflow)
+				}
+				h.Workflow.Tracing = &on
+			}
+		case "state_variable":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if h.Workflow == nil {
+				h.Workflow = new(Workflow)
+			}
+			if h.Workflow.StateVariables == nil {
+				h.Workflow.StateVariables = make(map[string]any)
+			}
+			if _, dup := h.Workflow.StateVariables[args[0]]; dup {
+				return d.Errf("duplicate state_variable %q", args[0])
+			}
+			h.Workflow.StateVariables[args[0]] = args[1]
+		case "start_path":
+			err = singleArg(d, &h.StartPath)
+		case "refresh_path":
+			err = singleArg(d, &h.RefreshPath)
+		case "health_path":
+			err = singleArg(d, &h.HealthPath)
+		case "user":
+			err = singleArg(d, &h.User)
+		case "cookie_name":
+			err = singleArg(d, &h.cookie().Name)
+		case "cookie_secret":
+			err = singleArg(d, &h.cookie().Secret)
+		case "cookie_max_age":
+			err = durationArg(d, &h.cookie().MaxAge)
+		case "session_ttl":
+			err = durationArg(d, &h.SessionTTL)
+		case "max_requests_per_minute":
+			err = intArg(d, &h.MaxRequestsPerMinute)
+		case "file_upload":
+			err = h.parseFileUpload(d)
+		case "history":
+			err = h.parseHistory(d)
+		case "thread_titling":
+			var on bool
+			if on, err = onOff(d); err == nil {
+				h.chatKitConfiguration().AutomaticThreadTitling = &Toggle{Enabled: &on}
+			}
+		case "timeout":
+			err = durationArg(d, &h.Timeout)
+		case "max_body":
+			var size string
+			if err = singleArg(d, &size); err == nil {
+				var n uint64
+				if n, err = humanize.ParseBytes(size); err != nil || n == 0 {
+					return d.Errf("max_body: invalid size %q", size)
+				}
+				h.MaxBody = int64(n)
+			}
+		case "allow_origins":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.AllowOrigins = append(h.AllowOrigins, args...)
+		default:
+			return d.Errf("unrecognized chatkit subdirective %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if h.Workflow == nil || h.Workflow.ID == "" {
+		return d.Err("chatkit: the workflow subdirective is required")
+	}
+	return nil
+}
+
+func (h *Handler) cookie() *CookieConfig {
+	if h.Cookie == nil {
+		h.Cookie = new(CookieConfig)
+	}
+	return h.Cookie
+}
+
+func (h *Handler) chatKitConfiguration() *ChatKitConfiguration {
+	if h.ChatKitConfiguration == nil {
+		h.ChatKitConfiguration = new(ChatKitConfiguration)
+	}
+	return h.ChatKitConfiguration
+}
+
+func (h *Handler) parseFileUpload(d *caddyfile.Dispenser) error {
+	on, err := onOff(d)
+	if err != nil {
+		return err
+	}
+	fu := &FileUpload{Enabled: &on}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("duplicate file_upload option %q", name)
+		}
+		seen[name] = true
+		switch name {
+		case "max_file_size":
+			err = intArg(d, &fu.MaxFileSize)
+			if err == nil && (fu.MaxFileSize < 1 || fu.MaxFileSize > 512) {
+				err = d.Errf("max_file_size must be 1 to 512 (MB), got %d", fu.MaxFileSize)
+			}
+		case "max_files":
+			err = intArg(d, &fu.MaxFiles)
+			if err == nil && fu.MaxFiles < 1 {
+				err = d.Errf("max_files must be at least 1, got %d", fu.MaxFiles)
+			}
+		default:
+			err = d.Errf("unrecognized file_upload option %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	h.chatKitConfiguration().FileUpload = fu
+	return nil
+}
+
+func (h *Handler) parseHistory(d *caddyfile.Dispenser) error {
+	on, err := onOff(d)
+	if err != nil {
+		return err
+	}
+	hist := &History{Enabled: &on}
+	seen := false
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() != "recent_threads" {
+			return d.Errf("unrecognized history option %q", d.Val())
+		}
+		if seen {
+			return d.Err("duplicate history option \"recent_threads\"")
+		}
+		seen = true
+		if err := intArg(d, &hist.RecentThreads); err != nil {
+			return err
+		}
+		if hist.RecentThreads < 1 {
+			return d.Errf("recent_threads must be at least 1, got %d", hist.RecentThreads)
+		}
+	}
+	h.chatKitConfiguration().History = hist
+	return nil
+}
+
+func singleArg(d *caddyfile.Dispenser, target *string) error {
+	if !d.AllArgs(target) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func intArg(d *caddyfile.Dispenser, target *int) error {
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return d.Errf("%q is not a positive whole number", s)
+	}
+	*target = n
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, target *caddy.Duration) error {
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return d.Errf("%q is not a positive duration", s)
+	}
+	*target = caddy.Duration(dur)
+	return nil
+}
+
+func onOff(d *caddyfile.Dispenser) (bool, error) {
+	var s string
+	if !d.NextArg() {
+		return false, d.ArgErr()
+	}
+	s = d.Val()
+	if d.NextArg() {
+		return false, d.ArgErr()
+	}
+	switch s {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("expected on or off, got %q", s)
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

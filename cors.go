@@ -1,0 +1,204 @@
+package chatkit
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// CORS answers for the minting endpoints. Credentials are allowed because
+// the anonymous cookie must travel cross-origin too; that is why the
+// allowed origin is always echoed exactly and never `*`.
+const (
+	corsAllowMethods  = "POST, OPTIONS"
+	corsAllowHeaders  = "Content-Type"
+	corsMaxAge        = "600"
+	corsExposeHeaders = "Retry-After, RateLimit, RateLimit-Policy, " + requestIDHeader
+)
+
+// originPolicy decides which browser origins may call the minting
+// endpoints. The site's own origin is always allowed.
+type originPolicy struct {
+	exact     map[string]struct{}
+	wildcards []wildcardOrigin
+}
+
+// wildcardOrigin matches `scheme://*.domain[:port]`: any subdomain at any
+// depth, never the bare domain.
+type wildcardOrigin struct {
+	scheme string
+	suffix string // ".example.com"
+	port   string // always explicit, the scheme's default when not written
+}
+
+func newOriginPolicy(origins []string) (originPolicy, error) {
+	p := originPolicy{exact: make(map[string]struct{})}
+	for _, o := range origins {
+		if rest, ok := strings.CutPrefix(o, "https://*."); ok {
+			p.wildcards = append(p.wildcards, wildcardFor("https", rest))
+			continue
+		}
+		if rest, ok := strings.CutPrefix(o, "http://*."); ok {
+			p.wildcards = append(p.wildcards, wildcardFor("http", rest))
+			continue
+		}
+		norm, ok := normalizeOrigin(o)
+		if !ok {
+			return p, fmt.Errorf("chatkit: allow_origins entry %q is not scheme://host[:port]", o)
+		}
+		p.exact[norm] = struct{}{}
+	}
+	for _, w := range p.wildcards {
+		if strings.Trim(w.suffix, ".") == "" || strings.ContainsAny(w.suffix, "*/@ ") {
+			return p, fmt.Errorf("chatkit: allow_origins wildcard %q must look like https://*.example.com", w.scheme+"://*"+w.suffix)
+		}
+	}
+	return p, nil
+}
+
+func wildcardFor(scheme, hostport string) wildcardOrigin {
+	host, port := splitHostPort(strings.ToLower(hostport))
+	if port == "" {
+		port = defaultPort(scheme)
+	}
+	return wildcardOrigin{scheme: scheme, suffix: "." + host, port: port}
+}
+
+// allows reports whether origin (already normalized) may call.
+func (p *originPolicy) allows(origin string) bool {
+	if _, ok := p.exact[origin]; ok {
+		return true
+	}
+	if len(p.wildcards) == 0 {
+		return false
+	}
+	scheme, hostport, _ := strings.Cut(origin, "://")
+	host, port := splitHostPort(hostport)
+	if port == "" {
+		port = defaultPort(scheme)
+	}
+	for _, w := range p.wildcards {
+		if w.scheme == scheme && w.port == port && len(host) > len(w.suffix) && strings.HasSuffix(host, w.suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// normalizeOrigin lower-cases an origin and drops the scheme's default
+// port; ok is false for anything that is not a plain http(s) origin
+// (including the opaque "null").
+func normalizeOrigin(o string) (string, bool) {
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return "", false
+	}
+	return joinOrigin(strings.ToLower(u.Scheme), u.Host), true
+}
+
+func joinOrigin(scheme, hostport string) string {
+	host, port := splitHostPort(strings.ToLower(hostport))
+	if port == defaultPort(scheme) {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port != "" {
+		return scheme + "://" + host + ":" + port
+	}
+	return scheme + "://" + host
+}
+
+func splitHostPort(hostport string) (host, port string) {
+	if h, p, err := net.SplitHostPort(hostport); err == nil {
+		return h, p
+	}
+	return strings.Trim(hostport, "[]"), ""
+}
+
+func defaultPort(scheme string) string {
+	if scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
+
+// fromTrustedProxy reports whether the direct peer is one of the server's
+// trusted_proxies, which alone may speak for the browser through
+// X-Forwarded-Proto and X-Forwarded-Host.
+func fromTrustedProxy(r *http.Request) bool {
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	return trusted
+}
+
+// firstForwarded returns the first (client-side) entry of a forwarded
+// header, or "" when absent.
+func firstForwarded(r *http.Request, name string) string {
+	v := r.Header.Get(name)
+	if i := strings.IndexByte(v, ','); i >= 0 {
+		v = v[:i]
+	}
+	return strings.TrimSpace(v)
+}
+
+// browserScheme is the scheme the browser used: TLS at Caddy, or
+// X-Forwarded-Proto from a trusted proxy such as a TLS-terminating CDN.
+func browserScheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if fromTrustedProxy(r) && strings.EqualFold(firstForwarded(r, "X-Forwarded-Proto"), "https") {
+		return "https"
+	}
+	return "http"
+}
+
+// siteOrigin is the origin the browser saw for this site.
+func siteOrigin(r *http.Request, scheme string) string {
+	host := r.Host
+	if fromTrustedProxy(r) {
+		if fh := firstForwarded(r, "X-Forwarded-Host"); fh != "" {
+			host = fh
+		}
+	}
+	return joinOrigin(scheme, host)
+}
+
+// originVerdict is what the origin rules say about one request.
+type originVerdict struct {
+	origin  string // the normalized Origin header, "" when absent
+	allowed bool
+	cors    bool // the answer needs CORS headers (an allowed, present Origin)
+}
+
+func (p *originPolicy) judge(r *http.Request, scheme string) originVerdict {
+	raw := r.Header.Get("Origin")
+	if raw == "" {
+		// Server-to-server and curl send no Origin. A browser that sends
+		// none on a cross-site request still says so in Sec-Fetch-Site.
+		return originVerdict{allowed: r.Header.Get("Sec-Fetch-Site") != "cross-site"}
+	}
+	origin, ok := normalizeOrigin(raw)
+	if !ok {
+		return originVerdict{}
+	}
+	allowed := origin == siteOrigin(r, scheme) || p.allows(origin)
+	return originVerdict{origin: origin, allowed: allowed, cors: allowed}
+}
+
+// setCORS adds the headers every answer to an allowed origin carries.
+func setCORS(h http.Header, v originVerdict) {
+	h.Add("Vary", "Origin")
+	if !v.cors {
+		return
+	}
+	h.Set("Access-Control-Allow-Origin", v.origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Set("Access-Control-Expose-Headers", corsExposeHeaders)
+}

@@ -1,0 +1,455 @@
+package chatkit
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// requestIDHeader carries Caddy's request id (`{http.request.uuid}`) on
+// every answer from the module, so a user's report can be matched to the
+// log line and to the access log.
+const requestIDHeader = "X-Request-Id"
+
+// maxClientSecretLen bounds `currentClientSecret` on refresh.
+const maxClientSecretLen = 2 << 10
+
+// endpoint is one of the module's own paths.
+type endpoint uint8
+
+const (
+	endpointNone endpoint = iota
+	endpointStart
+	endpointRefresh
+	endpointHealth
+)
+
+func (e endpoint) String() string {
+	switch e {
+	case endpointStart:
+		return "start"
+	case endpointRefresh:
+		return "refresh"
+	case endpointHealth:
+		return "health"
+	}
+	return "none"
+}
+
+// Outcomes, as logged and exposed in `{http.chatkit.outcome}`.
+const (
+	outcomeSuccess          = "success"
+	outcomeHealth           = "health"
+	outcomePreflight        = "preflight"
+	outcomeBadRequest       = "bad_request"
+	outcomeTooLarge         = "payload_too_large"
+	outcomeMethodNotAllowed = "method_not_allowed"
+	outcomeOriginDenied     = "origin_denied"
+	outcomeUnauthorized     = "unauthorized"
+	outcomeRateLimited      = "rate_limited"
+	outcomeUpstreamError    = "upstream_error"
+	outcomeUpstreamTimeout  = "upstream_timeout"
+	outcomeClientClosed     = "client_closed"
+	outcomeInternalError    = "internal_error"
+)
+
+// exchange is the state of one request to a module endpoint.
+type exchange struct {
+	w         http.ResponseWriter
+	r         *http.Request
+	repl      *caddy.Replacer
+	endpoint  endpoint
+	requestID string
+	started   time.Time
+	verdict   originVerdict
+
+	outcome     string
+	status      int
+	user        string
+	sessionID   string
+	upstream    upstreamCall
+	upstreamErr *upstreamError
+}
+
+// ServeHTTP answers the module's own paths and passes everything else on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	ep := h.route(r.URL.Path)
+	if ep == endpointNone {
+		return next.ServeHTTP(w, r)
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	x := &exchange{w: w, r: r, repl: repl, endpoint: ep, started: time.Now()}
+	x.requestID, _ = repl.GetString("http.request.uuid")
+	w.Header().Set(requestIDHeader, x.requestID)
+
+	if ep == endpointHealth {
+		h.serveHealth(x)
+	} else {
+		h.serveMint(x)
+	}
+	h.finish(x)
+	return nil
+}
+
+func (h *Handler) route(path string) endpoint {
+	switch path {
+	case h.startPath:
+		return endpointStart
+	case h.refreshPath:
+		return endpointRefresh
+	case "":
+		return endpointNone
+	case h.healthPath:
+		return endpointHealth
+	}
+	return endpointNone
+}
+
+func (h *Handler) serveHealth(x *exchange) {
+	if x.r.Method != http.MethodGet && x.r.Method != http.MethodHead {
+		x.w.Header().Set("Allow", "GET, HEAD")
+		x.fail(http.StatusMethodNotAllowed, "method_not_allowed", "use GET", outcomeMethodNotAllowed)
+		return
+	}
+	x.outcome = outcomeHealth
+	x.writeJSON(http.StatusOK, []byte(`{"status":"ok","version":"`+moduleVersion+`"}`))
+}
+
+// serveMint handles start and refresh: origin, method, body, identity,
+// then one upstream session.
+func (h *Handler) serveMint(x *exchange) {
+	r := x.r
+	x.verdict = h.origins.judge(r, browserScheme(r))
+	setCORS(x.w.Header(), x.verdict)
+
+	if r.Method == http.MethodOptions {
+		h.servePreflight(x)
+		return
+	}
+	if r.Method != http.MethodPost {
+		x.w.Header().Set("Allow", "OPTIONS, POST")
+		x.fail(http.StatusMethodNotAllowed, "method_not_allowed", "use POST", outcomeMethodNotAllowed)
+		return
+	}
+	if !x.verdict.allowed {
+		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not request ChatKit sessions", outcomeOriginDenied)
+		return
+	}
+
+	body, tooLarge, err := readBody(r, h.maxBody)
+	if tooLarge {
+		x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds "+strconv.FormatInt(h.maxBody, 10)+" bytes", outcomeTooLarge)
+		return
+	}
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "could not read the request body", outcomeBadRequest)
+		return
+	}
+	if x.endpoint == endpointStart {
+		err = validateStartBody(body)
+	} else {
+		_, err = parseRefreshBody(body)
+	}
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", err.Error(), outcomeBadRequest)
+		return
+	}
+
+	v, err := h.identity.identify(r.Context(), r, x.repl, x.verdict.secure(r))
+	if errors.Is(err, errNoUser) {
+		x.fail(http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized)
+		return
+	}
+	if err != nil {
+		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
+		x.fail(http.StatusInternalServerError, "internal_error", "the server could not identify this visitor", outcomeInternalError)
+		return
+	}
+	x.user = v.user
+	if v.cookie != nil {
+		// Set even if the upstream call fails, so a retry keeps the id.
+		http.SetCookie(x.w, v.cookie)
+	}
+
+	payload, err := h.sessionBody.build(v.user, x.repl)
+	if err != nil {
+		h.logger.Error("cannot encode the session request", zap.Error(err))
+		x.fail(http.StatusInternalServerError, "internal_error", "the server could not build the session request", outcomeInternalError)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+	session, call, uerr := h.upstream.createSession(ctx, payload)
+	cancel()
+	x.upstream = call
+	x.sessionID = session.ID
+	if uerr != nil {
+		x.upstreamErr = uerr
+		h.failUpstream(x, uerr)
+		return
+	}
+
+	out := make([]byte, 0, 64+len(session.ClientSecret))
+	out = append(out, `{"client_secret":`...)
+	out = appendJSONString(out, session.ClientSecret)
+	out = append(out, `,"expires_at":`...)
+	out = strconv.AppendInt(out, session.ExpiresAt, 10)
+	out = append(out, '}')
+	x.outcome = outcomeSuccess
+	x.writeJSON(http.StatusOK, out)
+}
+
+// secure reports whether cookies should be Secure: the browser reached the
+// site over HTTPS, directly or through a trusted TLS-terminating proxy.
+func (originVerdict) secure(r *http.Request) bool { return browserScheme(r) == "https" }
+
+func (h *Handler) servePreflight(x *exchange) {
+	x.outcome = outcomePreflight
+	hdr := x.w.Header()
+	if x.verdict.origin == "" && x.r.Header.Get("Origin") == "" {
+		// Not a CORS preflight: a plain OPTIONS gets the methods.
+		hdr.Set("Allow", "OPTIONS, POST")
+		x.writeStatus(http.StatusNoContent)
+		return
+	}
+	if !x.verdict.cors {
+		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not request ChatKit sessions", outcomeOriginDenied)
+		return
+	}
+	hdr.Set("Access-Control-Allow-Methods", corsAllowMethods)
+	hdr.Set("Access-Control-Allow-Headers", corsAllowHeaders)
+	hdr.Set("Access-Control-Max-Age", corsMaxAge)
+	x.writeStatus(http.StatusNoContent)
+}
+
+// failUpstream maps an upstream failure to the module's documented answer.
+// The upstream body never reaches the browser.
+func (h *Handler) failUpstream(x *exchange, e *upstreamError) {
+	switch e.failure {
+	case failTimeout:
+		x.fail(http.StatusGatewayTimeout, "upstream_timeout", "OpenAI did not answer in time", outcomeUpstreamTimeout)
+	case failCanceled:
+		// The browser is gone; nobody reads this, but the log should say so.
+		x.fail(499, "client_closed_request", "the client went away", outcomeClientClosed)
+	case failAuth:
+		x.fail(http.StatusBadGateway, "upstream_auth_failed", "the chat service is misconfigured", outcomeUpstreamError)
+	case failNotFound:
+		x.fail(http.StatusBadGateway, "workflow_not_found", "the chat service is misconfigured", outcomeUpstreamError)
+	case failRateLimited:
+		wait := e.retryAfter
+		if wait <= 0 {
+			wait = 5 * time.Second
+		}
+		x.w.Header().Set("Retry-After", retryAfterSeconds(min(wait, time.Minute)))
+		x.fail(http.StatusServiceUnavailable, "upstream_rate_limited", "the chat service is busy, try again shortly", outcomeUpstreamError)
+	case failInvalidResponse:
+		x.fail(http.StatusBadGateway, "upstream_invalid_response", "the chat service answered unexpectedly", outcomeUpstreamError)
+	case failRejected:
+		x.fail(http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError)
+	case failServer:
+		x.fail(http.StatusBadGateway, "upstream_error", "the chat service failed, try again shortly", outcomeUpstreamError)
+	default:
+		x.fail(http.StatusBadGateway, "upstream_unreachable", "the chat service could not be reached", outcomeUpstreamError)
+	}
+}
+
+// retryAfterSeconds renders a wait as whole seconds, rounded up, never 0.
+func retryAfterSeconds(d time.Duration) string {
+	secs := int64(math.Ceil(d.Seconds()))
+	return strconv.FormatInt(max(secs, 1), 10)
+}
+
+// readBody reads at most limit bytes; tooLarge reports a longer body
+// without buffering more than limit+1 bytes.
+func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err error) {
+	if r.ContentLength > limit {
+		return nil, true, nil
+	}
+	if r.Body == nil || r.ContentLength == 0 {
+		return nil, false, nil
+	}
+	body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if int64(len(body)) > limit {
+		return nil, true, nil
+	}
+	return body, false, err
+}
+
+var errStartBody = errors.New("the body must be empty or a JSON object")
+
+// validateStartBody accepts an empty body or any JSON object; nothing in it
+// is used, because the workflow and user come from the server.
+func validateStartBody(body []byte) error {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil
+	}
+	if trimmed[0] != '{' || !json.Valid(trimmed) {
+		return errStartBody
+	}
+	return nil
+}
+
+var (
+	errRefreshBody   = errors.New("the body must be a JSON object with a currentClientSecret string")
+	errRefreshSecret = errors.New("currentClientSecret must be a non-empty string")
+	errRefreshLong   = errors.New("currentClientSecret is too long")
+)
+
+// parseRefreshBody returns the presented secret. It need not be one this
+// server issued: a restart must never break an open chat.
+func parseRefreshBody(body []byte) (string, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return "", errRefreshBody
+	}
+	var req struct {
+		CurrentClientSecret json.RawMessage `json:"currentClientSecret"`
+	}
+	if err := json.Unmarshal(trimmed, &req); err != nil {
+		return "", errRefreshBody
+	}
+	var secret string
+	if len(req.CurrentClientSecret) == 0 || req.CurrentClientSecret[0] != '"' ||
+		json.Unmarshal(req.CurrentClientSecret, &secret) != nil {
+		return "", errRefreshSecret
+	}
+	if len(bytes.TrimSpace([]byte(secret))) == 0 {
+		return "", errRefreshSecret
+	}
+	if len(secret) > maxClientSecretLen {
+		return "", errRefreshLong
+	}
+	return secret, nil
+}
+
+// writeJSON sends a JSON answer. Nothing the module sends may be cached:
+// secrets must never sit in a shared cache.
+func (x *exchange) writeJSON(status int, body []byte) {
+	hdr := x.w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	x.status = status
+	x.w.WriteHeader(status)
+	if x.r.Method != http.MethodHead {
+		_, _ = x.w.Write(body)
+	}
+}
+
+func (x *exchange) writeStatus(status int) {
+	x.w.Header().Set("Cache-Control", "no-store")
+	x.status = status
+	x.w.WriteHeader(status)
+}
+
+// fail sends `{"error","message","request_id"}`.
+func (x *exchange) fail(status int, code, message, outcome string) {
+	x.outcome = outcome
+	out := make([]byte, 0, 96+len(message)+len(x.requestID))
+	out = append(out, `{"error":`...)
+	out = appendJSONString(out, code)
+	out = append(out, `,"message":`...)
+	out = appendJSONString(out, message)
+	out = append(out, `,"request_id":`...)
+	out = appendJSONString(out, x.requestID)
+	out = append(out, '}')
+	x.writeJSON(status, out)
+}
+
+// userHash is a short, stable, non-reversible tag for a user id, for logs.
+func userHash(user string) string {
+	if user == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(user))
+	return hex.EncodeToString(sum[:6])
+}
+
+// finish publishes placeholders and writes the request's one log entry.
+func (h *Handler) finish(x *exchange) {
+	hash := userHash(x.user)
+	x.repl.Set("http.chatkit.outcome", x.outcome)
+	x.repl.Set("http.chatkit.session_id", x.sessionID)
+	x.repl.Set("http.chatkit.user_hash", hash)
+
+	level, msg := zapcore.InfoLevel, "handled chatkit request"
+	if e := x.upstreamErr; e != nil {
+		level, msg = upstreamLogLevel(e)
+	}
+	ce := h.logger.Check(level, msg)
+	if ce == nil {
+		return
+	}
+	clientIP, _ := caddyhttp.GetVar(x.r.Context(), caddyhttp.ClientIPVarKey).(string)
+	fields := []zap.Field{
+		zap.String("request_id", x.requestID),
+		zap.String("endpoint", x.endpoint.String()),
+		zap.String("method", x.r.Method),
+		zap.String("outcome", x.outcome),
+		zap.Int("status", x.status),
+		zap.Duration("duration", time.Since(x.started)),
+		zap.String("client_ip", clientIP),
+	}
+	if x.upstream.status != 0 || x.upstreamErr != nil {
+		fields = append(fields,
+			zap.Int("upstream_status", x.upstream.status),
+			zap.Duration("upstream_duration", x.upstream.duration),
+			zap.String("openai_request_id", x.upstream.requestID))
+	}
+	if x.sessionID != "" {
+		fields = append(fields, zap.String("session_id", x.sessionID))
+	}
+	if hash != "" {
+		fields = append(fields, zap.String("user_hash", hash))
+	}
+	if e := x.upstreamErr; e != nil {
+		if e.errType != "" || e.errCode != "" || e.errParam != "" {
+			fields = append(fields, zap.String("openai_error_type", e.errType),
+				zap.String("openai_error_code", e.errCode), zap.String("openai_error_param", e.errParam))
+		}
+		if e.cause != nil {
+			fields = append(fields, zap.NamedError("cause", e.cause))
+		}
+	}
+	ce.Write(fields...)
+}
+
+// upstreamLogLevel picks a level and a message that says what to fix.
+func upstreamLogLevel(e *upstreamError) (zapcore.Level, string) {
+	switch e.failure {
+	case failAuth:
+		return zapcore.ErrorLevel, "OpenAI rejected the API key: check api_key (OPENAI_API_KEY) and that its project may use ChatKit"
+	case failNotFound:
+		return zapcore.ErrorLevel, "OpenAI does not know the workflow: the key and the workflow belong to different projects, the workflow id is wrong, or Agent Builder has been retired"
+	case failRejected:
+		return zapcore.ErrorLevel, "OpenAI refused the session request: check the chatkit options (see openai_error_param)"
+	case failCanceled:
+		return zapcore.InfoLevel, "client went away during the upstream call"
+	case failTimeout:
+		return zapcore.WarnLevel, "OpenAI did not answer before the timeout"
+	case failRateLimited:
+		return zapcore.WarnLevel, "OpenAI is rate limiting this key"
+	case failInvalidResponse:
+		return zapcore.WarnLevel, "OpenAI answered with an unusable response"
+	case failServer:
+		return zapcore.WarnLevel, "OpenAI failed to create the session"
+	}
+	return zapcore.WarnLevel, "could not reach OpenAI"
+}

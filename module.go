@@ -1,0 +1,364 @@
+// Package chatkit is a Caddy HTTP handler that mints OpenAI ChatKit client
+// secrets inline, so a site can embed ChatKit without exposing its OpenAI API
+// key and without running a separate token service.
+package chatkit
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// moduleVersion is reported by the health endpoint.
+const moduleVersion = "0.1.0"
+
+// Defaults for the optional settings.
+const (
+	defaultAPIKey      = "{env.OPENAI_API_KEY}"
+	defaultAPIBase     = "https://api.openai.com/v1"
+	defaultStartPath   = "/api/chatkit/start"
+	defaultRefreshPath = "/api/chatkit/refresh"
+	defaultHealthPath  = "/api/health"
+	defaultTimeout     = 10 * time.Second
+	defaultMaxBody     = 8 << 10
+	// pathOff disables an optional endpoint (a real path always starts with "/").
+	pathOff = "off"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler mints ChatKit client secrets for the browser. POST requests to
+// the start and refresh paths create a ChatKit session upstream with the
+// server's API key, the configured workflow and the end user's id, and answer
+// `{"client_secret": "...", "expires_at": <unix>}`. Every other path is passed
+// to the next handler untouched.
+type Handler struct {
+	// The OpenAI API key. Default: `{env.OPENAI_API_KEY}`. Placeholders
+	// (`{env.*}`, `{file.*}`) are resolved when the config is loaded; prefer
+	// them to Caddyfile `{$VAR}` substitution, which writes the key into the
+	// adapted JSON and Caddy's autosaved config.
+	APIKey string `json:"api_key,omitempty"`
+
+	// Base URL of the OpenAI API. Default: `https://api.openai.com/v1`.
+	// Sessions are created at `<api_base>/chatkit/sessions`.
+	APIBase string `json:"api_base,omitempty"`
+
+	// Optional OpenAI organization id, sent as `OpenAI-Organization`.
+	Organization string `json:"organization,omitempty"`
+
+	// Optional OpenAI project id, sent as `OpenAI-Project`.
+	Project string `json:"project,omitempty"`
+
+	// The Agent Builder workflow every session runs. Required.
+	Workflow *Workflow `json:"workflow,omitempty"`
+
+	// Path of the endpoint that starts a chat. Default: `/api/chatkit/start`.
+	StartPath string `json:"start_path,omitempty"`
+
+	// Path of the endpoint that replaces an expiring client secret.
+	// Default: `/api/chatkit/refresh`.
+	RefreshPath string `json:"refresh_path,omitempty"`
+
+	// Path of the health endpoint, or `off` to disable it.
+	// Default: `/api/health`.
+	HealthPath string `json:"health_path,omitempty"`
+
+	// Where the end user's id comes from, as a placeholder such as
+	// `{http.auth.user.id}`. A request for which it resolves empty is
+	// refused with 401. When unset, visitors are anonymous and identified by
+	// a signed cookie.
+	User string `json:"user,omitempty"`
+
+	// The anonymous-visitor cookie.
+	Cookie *CookieConfig `json:"cookie,omitempty"`
+
+	// Lifetime of each session, 1s to 10m (sent as `expires_after`).
+	// Default: OpenAI's (10 minutes).
+	SessionTTL caddy.Duration `json:"session_ttl,omitempty"`
+
+	// Per-session ChatKit request limit (sent as
+	// `rate_limits.max_requests_per_1_minute`). Default: OpenAI's (10).
+	MaxRequestsPerMinute int `json:"max_requests_per_minute,omitempty"`
+
+	// ChatKit features for the session; only the fields set are sent.
+	ChatKitConfiguration *ChatKitConfiguration `json:"chatkit_configuration,omitempty"`
+
+	// Deadline for the whole upstream call. Default: 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Largest request body accepted on the start and refresh paths, in
+	// bytes. Default: 8 KiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// Browser origins, besides the site's own, that may call the start and
+	// refresh endpoints with credentials: exact `scheme://host[:port]`
+	// entries, or `https://*.example.com` for its subdomains at any depth
+	// (not the bare domain; the scheme's default port unless one is written).
+	AllowOrigins []string `json:"allow_origins,omitempty"`
+
+	apiKey      string
+	origins     originPolicy
+	startPath   string
+	refreshPath string
+	healthPath  string
+	timeout     time.Duration
+	maxBody     int64
+	sessionBody sessionBodyTemplate
+	upstream    *upstreamClient
+	identity    *identitySource
+	logger      *zap.Logger
+}
+
+// Workflow names the Agent Builder workflow sessions run.
+type Workflow struct {
+	// The workflow id (`wf_…`). Placeholders are resolved at load time.
+	ID string `json:"id"`
+
+	// A pinned workflow version. Default: the latest deployed version.
+	// The literal `latest` is refused: OpenAI accepts it when the session
+	// is created but the chat breaks later.
+	Version string `json:"version,omitempty"`
+
+	// Variables passed to the workflow. String values may hold request
+	// placeholders, resolved for every request; numbers and booleans are
+	// sent as they are. Keys are at most 64 characters.
+	StateVariables map[string]any `json:"state_variables,omitempty"`
+
+	// Whether OpenAI traces the workflow's runs. Default: OpenAI's (on).
+	Tracing *bool `json:"tracing,omitempty"`
+}
+
+// ChatKitConfiguration mirrors the session's `chatkit_configuration`.
+type ChatKitConfiguration struct {
+	// Whether threads get titles automatically.
+	AutomaticThreadTitling *Toggle `json:"automatic_thread_titling,omitempty"`
+
+	// Attachment uploads.
+	FileUpload *FileUpload `json:"file_upload,omitempty"`
+
+	// The thread history panel.
+	History *History `json:"history,omitempty"`
+}
+
+// Toggle turns a ChatKit feature on or off.
+type Toggle struct {
+	Enabled *bool `json:"enabled,omitempty"`
+}
+
+// FileUpload configures attachment uploads.
+type FileUpload struct {
+	// Whether users may attach files. OpenAI's default: off.
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// Largest file in megabytes, 1 to 512.
+	MaxFileSize int `json:"max_file_size,omitempty"`
+
+	// Most files per upload, at least 1.
+	MaxFiles int `json:"max_files,omitempty"`
+}
+
+// History configures the thread history panel.
+type History struct {
+	// Whether the history panel is shown. OpenAI's default: on.
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// How many recent threads it lists, at least 1. Default: all.
+	RecentThreads int `json:"recent_threads,omitempty"`
+}
+
+// CookieConfig configures the cookie that identifies anonymous visitors.
+type CookieConfig struct {
+	// Cookie name. Default: `chatkit_uid`.
+	Name string `json:"name,omitempty"`
+
+	// Secret the cookie is signed with (placeholders allowed, at least 32
+	// characters). Default: a random key generated once and kept in Caddy's
+	// storage, so restarts and instances sharing storage agree.
+	Secret string `json:"secret,omitempty"`
+
+	// How long a visitor keeps the same id. Default: 30 days.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.chatkit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets and defaults and builds the upstream client.
+// It does no network I/O, so `caddy validate` works offline.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+
+	keyTemplate := h.APIKey
+	if keyTemplate == "" {
+		keyTemplate = defaultAPIKey
+	}
+	h.apiKey = strings.TrimSpace(repl.ReplaceAll(keyTemplate, ""))
+	if h.apiKey == "" {
+		// Name the source, never the value.
+		if h.APIKey == "" {
+			return errors.New("chatkit: no OpenAI API key: set OPENAI_API_KEY in Caddy's environment or configure api_key")
+		}
+		return errors.New("chatkit: api_key resolved to an empty value (check the environment variable or file it names)")
+	}
+
+	h.startPath = cmp.Or(h.StartPath, defaultStartPath)
+	h.refreshPath = cmp.Or(h.RefreshPath, defaultRefreshPath)
+	h.healthPath = cmp.Or(h.HealthPath, defaultHealthPath)
+	if h.healthPath == pathOff {
+		h.healthPath = ""
+	}
+	h.timeout = time.Duration(h.Timeout)
+	if h.timeout == 0 {
+		h.timeout = defaultTimeout
+	}
+	h.maxBody = h.MaxBody
+	if h.maxBody == 0 {
+		h.maxBody = defaultMaxBody
+	}
+
+	if h.Workflow == nil {
+		return errors.New("chatkit: workflow is required")
+	}
+	workflowID := strings.TrimSpace(repl.ReplaceAll(h.Workflow.ID, ""))
+	workflowVersion := strings.TrimSpace(repl.ReplaceAll(h.Workflow.Version, ""))
+	if workflowID == "" {
+		return fmt.Errorf("chatkit: workflow id %q resolved to an empty value", h.Workflow.ID)
+	}
+	if strings.EqualFold(workflowVersion, "latest") {
+		return errors.New(`chatkit: workflow version "latest" breaks chats after they start; pin a version number or omit it to use the deployed one`)
+	}
+	body, err := newSessionBodyTemplate(h, workflowID, workflowVersion)
+	if err != nil {
+		return err
+	}
+	h.sessionBody = body
+	if h.origins, err = newOriginPolicy(h.AllowOrigins); err != nil {
+		return err
+	}
+
+	apiBase := strings.TrimRight(repl.ReplaceAll(cmp.Or(h.APIBase, defaultAPIBase), ""), "/")
+	h.upstream = newUpstreamClient(upstreamConfig{
+		apiBase:      apiBase,
+		apiKey:       h.apiKey,
+		organization: repl.ReplaceAll(h.Organization, ""),
+		project:      repl.ReplaceAll(h.Project, ""),
+	})
+
+	var storage certmagic.Storage
+	secret := ""
+	if h.Cookie != nil && h.Cookie.Secret != "" {
+		secret = repl.ReplaceAll(h.Cookie.Secret, "")
+		if len(secret) < minCookieSecretLen {
+			return fmt.Errorf("chatkit: cookie secret must be at least %d characters once resolved", minCookieSecretLen)
+		}
+	} else if h.User == "" {
+		// Only anonymous mode needs the stored key; it is read on first use
+		// so that Provision stays free of I/O.
+		storage = ctx.Storage()
+	}
+	h.identity = newIdentitySource(h.User, h.Cookie, secret, storage)
+	return nil
+}
+
+// Validate checks the configuration for values OpenAI or Caddy would refuse.
+func (h *Handler) Validate() error {
+	for name, p := range map[string]string{"start_path": h.startPath, "refresh_path": h.refreshPath} {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("chatkit: %s must start with '/': %q", name, p)
+		}
+	}
+	if h.healthPath != "" && !strings.HasPrefix(h.healthPath, "/") {
+		return fmt.Errorf("chatkit: health_path must start with '/' or be 'off': %q", h.healthPath)
+	}
+	if h.startPath == h.refreshPath || h.startPath == h.healthPath || h.refreshPath == h.healthPath {
+		return errors.New("chatkit: start_path, refresh_path and health_path must differ")
+	}
+	u, err := url.Parse(h.upstream.apiBase)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("chatkit: api_base must be an http(s) URL: %q", h.upstream.apiBase)
+	}
+	if ttl := time.Duration(h.SessionTTL); ttl != 0 && (ttl < time.Second || ttl > 10*time.Minute) {
+		return fmt.Errorf("chatkit: session_ttl must be between 1s and 10m, got %s", ttl)
+	}
+	if h.MaxRequestsPerMinute < 0 {
+		return errors.New("chatkit: max_requests_per_minute must be at least 1")
+	}
+	if h.timeout < 0 {
+		return errors.New("chatkit: timeout must be positive")
+	}
+	if h.maxBody < 0 {
+		return errors.New("chatkit: max_body must be positive")
+	}
+	if h.Cookie != nil && h.Cookie.MaxAge < 0 {
+		return errors.New("chatkit: cookie max_age must be positive")
+	}
+	if err := h.Workflow.validate(); err != nil {
+		return err
+	}
+	return h.ChatKitConfiguration.validate()
+}
+
+func (w *Workflow) validate() error {
+	for k, v := range w.StateVariables {
+		if k == "" || len(k) > 64 {
+			return fmt.Errorf("chatkit: state variable names must be 1 to 64 characters: %q", k)
+		}
+		switch v.(type) {
+		case string, float64, bool:
+		default:
+			return fmt.Errorf("chatkit: state variable %q must be a string, number or boolean", k)
+		}
+	}
+	return nil
+}
+
+func (c *ChatKitConfiguration) validate() error {
+	if c == nil {
+		return nil
+	}
+	if f := c.FileUpload; f != nil {
+		if f.MaxFileSize != 0 && (f.MaxFileSize < 1 || f.MaxFileSize > 512) {
+			return fmt.Errorf("chatkit: file upload max_file_size must be 1 to 512 (MB), got %d", f.MaxFileSize)
+		}
+		if f.MaxFiles < 0 {
+			return fmt.Errorf("chatkit: file upload max_files must be at least 1, got %d", f.MaxFiles)
+		}
+	}
+	if c.History != nil && c.History.RecentThreads < 0 {
+		return fmt.Errorf("chatkit: history recent_threads must be at least 1, got %d", c.History.RecentThreads)
+	}
+	return nil
+}
+
+// Cleanup releases the upstream client's idle connections.
+func (h *Handler) Cleanup() error {
+	if h.upstream != nil {
+		h.upstream.close()
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

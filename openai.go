@@ -1,0 +1,408 @@
+package chatkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// maxUpstreamBody caps how much of an upstream response is read: a session
+// object is well under 4 KiB, so anything near this is a fault.
+const maxUpstreamBody = 1 << 20
+
+// upstreamConfig is what the upstream client needs from the module config.
+type upstreamConfig struct {
+	apiBase      string
+	apiKey       string
+	organization string
+	project      string
+}
+
+// upstreamClient calls OpenAI's ChatKit sessions API over one shared,
+// keep-alive HTTP client.
+type upstreamClient struct {
+	apiBase     string
+	sessionsURL string
+	header      http.Header
+	transport   *http.Transport
+	client      *http.Client
+}
+
+func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
+	transport := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          128,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	header := http.Header{
+		"Authorization": {"Bearer " + cfg.apiKey},
+		"Openai-Beta":   {"chatkit_beta=v1"},
+		"Content-Type":  {"application/json"},
+		"Accept":        {"application/json"},
+		"User-Agent":    {"caddy-chatkit/" + moduleVersion},
+	}
+	if cfg.organization != "" {
+		header.Set("OpenAI-Organization", cfg.organization)
+	}
+	if cfg.project != "" {
+		header.Set("OpenAI-Project", cfg.project)
+	}
+	return &upstreamClient{
+		apiBase:     cfg.apiBase,
+		sessionsURL: cfg.apiBase + "/chatkit/sessions",
+		header:      header,
+		transport:   transport,
+		// No client-level timeout: every call carries the request's context
+		// with the configured deadline.
+		client: &http.Client{Transport: transport},
+	}
+}
+
+func (c *upstreamClient) close() { c.transport.CloseIdleConnections() }
+
+// upstreamFailure classifies why a session could not be created.
+type upstreamFailure int
+
+const (
+	failNetwork         upstreamFailure = iota + 1 // connection refused, reset, DNS
+	failTimeout                                    // the deadline passed
+	failCanceled                                   // the browser went away
+	failAuth                                       // 401/403: the key is wrong or lacks access
+	failNotFound                                   // 404: the workflow is unknown to the key's project
+	failRateLimited                                // 429
+	failServer                                     // 5xx
+	failRejected                                   // other 4xx: OpenAI refused what we sent
+	failInvalidResponse                            // a 200 we cannot use
+)
+
+// upstreamError describes a failed upstream call without carrying any part
+// of the upstream body except OpenAI's error type, code and param.
+type upstreamError struct {
+	failure    upstreamFailure
+	status     int
+	retryAfter time.Duration
+	errType    string
+	errCode    string
+	errParam   string
+	cause      error
+}
+
+func (e *upstreamError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "upstream failure %d", e.failure)
+	if e.status != 0 {
+		fmt.Fprintf(&b, " (status %d)", e.status)
+	}
+	if e.cause != nil {
+		fmt.Fprintf(&b, ": %v", e.cause)
+	}
+	return b.String()
+}
+
+// upstreamCall records facts about one upstream exchange for the log.
+type upstreamCall struct {
+	status    int
+	requestID string
+	duration  time.Duration
+}
+
+// createdSession is the part of a `chatkit.session` object the module uses.
+type createdSession struct {
+	ID           string `json:"id"`
+	ClientSecret string `json:"client_secret"`
+	ExpiresAt    int64  `json:"expires_at"`
+}
+
+// createSession posts body to `<api_base>/chatkit/sessions`.
+func (c *upstreamClient) createSession(ctx context.Context, body []byte) (createdSession, upstreamCall, *upstreamError) {
+	var session createdSession
+	start := time.Now()
+	call, payload, uerr := c.post(ctx, c.sessionsURL, body)
+	call.duration = time.Since(start)
+	if uerr != nil {
+		return session, call, uerr
+	}
+	if err := decodeSession(payload, &session); err != nil {
+		return session, call, &upstreamError{failure: failInvalidResponse, status: call.status, cause: err}
+	}
+	return session, call, nil
+}
+
+// cancelSession posts to `<api_base>/chatkit/sessions/{id}/cancel`.
+func (c *upstreamClient) cancelSession(ctx context.Context, sessionID string) (upstreamCall, *upstreamError) {
+	start := time.Now()
+	call, _, uerr := c.post(ctx, c.apiBase+"/chatkit/sessions/"+sessionID+"/cancel", nil)
+	call.duration = time.Since(start)
+	return call, uerr
+}
+
+func (c *upstreamClient) post(ctx context.Context, url string, body []byte) (upstreamCall, []byte, *upstreamError) {
+	var call upstreamCall
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return call, nil, &upstreamError{failure: failNetwork, cause: err}
+	}
+	req.Header = c.header.Clone()
+	if body == nil {
+		req.Header.Del("Content-Type")
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return call, nil, transportFailure(ctx, err)
+	}
+	defer resp.Body.Close()
+	call.status = resp.StatusCode
+	call.requestID = resp.Header.Get("X-Request-Id")
+
+	// Read one byte past the cap to tell "exactly at the cap" from "over".
+	payload, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
+	if err != nil {
+		uerr := transportFailure(ctx, err)
+		uerr.status = resp.StatusCode
+		if uerr.failure == failNetwork && resp.StatusCode < 300 {
+			uerr.failure = failInvalidResponse
+		}
+		return call, nil, uerr
+	}
+	if len(payload) > maxUpstreamBody {
+		return call, nil, &upstreamError{failure: failInvalidResponse, status: resp.StatusCode, cause: errors.New("response body over 1 MiB")}
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return call, payload, nil
+	}
+	uerr := &upstreamError{failure: statusFailure(resp.StatusCode), status: resp.StatusCode}
+	uerr.retryAfter = parseRetryAfter(resp.Header, time.Now())
+	uerr.errType, uerr.errCode, uerr.errParam = decodeAPIError(payload)
+	return call, nil, uerr
+}
+
+func statusFailure(status int) upstreamFailure {
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return failAuth
+	case status == http.StatusNotFound:
+		return failNotFound
+	case status == http.StatusTooManyRequests:
+		return failRateLimited
+	case status >= 500:
+		return failServer
+	default:
+		return failRejected
+	}
+}
+
+// transportFailure tells a deadline from a departed client from a network
+// fault, using the context rather than the error text.
+func transportFailure(ctx context.Context, err error) *upstreamError {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return &upstreamError{failure: failTimeout, cause: context.DeadlineExceeded}
+	case ctx.Err() != nil:
+		return &upstreamError{failure: failCanceled, cause: ctx.Err()}
+	}
+	return &upstreamError{failure: failNetwork, cause: err}
+}
+
+// decodeSession checks a 2xx body is a session with a usable secret. The
+// secret's format is undocumented, so only its presence is checked.
+func decodeSession(payload []byte, s *createdSession) error {
+	if err := json.Unmarshal(payload, s); err != nil {
+		return fmt.Errorf("decoding session: %w", err)
+	}
+	if s.ClientSecret == "" {
+		return errors.New("session has no client_secret")
+	}
+	if s.ExpiresAt <= 0 {
+		return errors.New("session has no expires_at")
+	}
+	return nil
+}
+
+// decodeAPIError extracts OpenAI's error type, code and param. The message
+// is dropped on purpose: it can echo part of the key.
+func decodeAPIError(payload []byte) (errType, code, param string) {
+	var body struct {
+		Error struct {
+			Type  string `json:"type"`
+			Code  any    `json:"code"`
+			Param any    `json:"param"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(payload, &body) != nil {
+		return "", "", ""
+	}
+	return truncate(body.Error.Type, 64), truncate(scalarString(body.Error.Code), 64), truncate(scalarString(body.Error.Param), 128)
+}
+
+func scalarString(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return ""
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// parseRetryAfter reads `retry-after-ms` or `Retry-After` (seconds or an
+// HTTP date). It returns 0 when neither is usable.
+func parseRetryAfter(h http.Header, now time.Time) time.Duration {
+	if ms, err := strconv.ParseFloat(h.Get("Retry-After-Ms"), 64); err == nil && ms > 0 {
+		return time.Duration(ms * float64(time.Millisecond))
+	}
+	v := h.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseFloat(v, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(secs * float64(time.Second))
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// sessionParams is the documented create-session body. Optional fields are
+// pointers or omitempty so only what the site configured is sent.
+type sessionParams struct {
+	User                 string                `json:"user"`
+	Workflow             workflowParams        `json:"workflow"`
+	ExpiresAfter         *expiresAfterParams   `json:"expires_after,omitempty"`
+	RateLimits           *rateLimitParams      `json:"rate_limits,omitempty"`
+	ChatKitConfiguration *ChatKitConfiguration `json:"chatkit_configuration,omitempty"`
+}
+
+type workflowParams struct {
+	ID             string         `json:"id"`
+	Version        string         `json:"version,omitempty"`
+	StateVariables map[string]any `json:"state_variables,omitempty"`
+	Tracing        *Toggle        `json:"tracing,omitempty"`
+}
+
+type expiresAfterParams struct {
+	Anchor  string `json:"anchor"`
+	Seconds int    `json:"seconds"`
+}
+
+type rateLimitParams struct {
+	MaxRequestsPer1Minute int `json:"max_requests_per_1_minute"`
+}
+
+// sessionBodyTemplate builds create-session bodies. Everything but the user
+// is fixed at load time unless a state variable holds a placeholder, so the
+// common case is one small append per request.
+type sessionBodyTemplate struct {
+	params  sessionParams
+	tail    []byte // the body after `{"user":<user>`
+	dynamic []string
+}
+
+func newSessionBodyTemplate(h *Handler, workflowID, workflowVersion string) (sessionBodyTemplate, error) {
+	p := sessionParams{
+		Workflow: workflowParams{
+			ID:             workflowID,
+			Version:        workflowVersion,
+			StateVariables: h.Workflow.StateVariables,
+		},
+		ChatKitConfiguration: h.ChatKitConfiguration,
+	}
+	if h.Workflow.Tracing != nil {
+		p.Workflow.Tracing = &Toggle{Enabled: h.Workflow.Tracing}
+	}
+	if ttl := time.Duration(h.SessionTTL); ttl > 0 {
+		p.ExpiresAfter = &expiresAfterParams{Anchor: "created_at", Seconds: int((ttl + time.Second - 1) / time.Second)}
+	}
+	if h.MaxRequestsPerMinute > 0 {
+		p.RateLimits = &rateLimitParams{MaxRequestsPer1Minute: h.MaxRequestsPerMinute}
+	}
+	t := sessionBodyTemplate{params: p}
+	for k, v := range p.Workflow.StateVariables {
+		if s, ok := v.(string); ok && strings.Contains(s, "{") {
+			t.dynamic = append(t.dynamic, k)
+		}
+	}
+	full, err := json.Marshal(p)
+	if err != nil {
+		return t, fmt.Errorf("chatkit: encoding session parameters: %v", err)
+	}
+	t.tail = bytes.TrimPrefix(full, []byte(`{"user":""`))
+	return t, nil
+}
+
+// build returns the body for one request.
+func (t *sessionBodyTemplate) build(user string, repl *caddy.Replacer) ([]byte, error) {
+	if len(t.dynamic) == 0 {
+		buf := make([]byte, 0, len(`{"user":`)+len(user)+8+len(t.tail))
+		buf = append(buf, `{"user":`...)
+		buf = appendJSONString(buf, user)
+		return append(buf, t.tail...), nil
+	}
+	p := t.params
+	p.User = user
+	vars := make(map[string]any, len(p.Workflow.StateVariables))
+	for k, v := range p.Workflow.StateVariables {
+		vars[k] = v
+	}
+	for _, k := range t.dynamic {
+		vars[k] = repl.ReplaceAll(vars[k].(string), "")
+	}
+	p.Workflow.StateVariables = vars
+	return json.Marshal(p)
+}
+
+// appendJSONString appends s as a JSON string literal.
+func appendJSONString(buf []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			buf = append(buf, '\\', c)
+		case c < 0x20 || c == '<' || c == '>' || c == '&':
+			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		case c < utf8.RuneSelf:
+			buf = append(buf, c)
+		default:
+			// Invalid UTF-8 would make the whole body invalid JSON.
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				buf = append(buf, `\ufffd`...)
+			} else {
+				buf = append(buf, s[i:i+size]...)
+			}
+			i += size - 1
+		}
+	}
+	return append(buf, '"')
+}
