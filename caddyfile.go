@@ -58,6 +58,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		timeout <duration>
 //		max_body <size>
 //		allow_origins <origin>...
+//
+//		rate_limit off
+//		rate_limit <burst> <interval>
+//		rate_limit [<burst> <interval>] {
+//			key <placeholder>
+//			ipv4_prefix <bits>
+//			ipv6_prefix <bits>
+//			max_keys <n>
+//			zone <name>
+//		}
+//		budget <sessions> <interval>
 //	}
 //
 // Only `workflow` is required. `state_variable` and `allow_origins` may be
@@ -161,6 +172,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.MaxBody = int64(n)
 			}
+		case "rate_limit":
+			err = h.parseRateLimit(d)
+		case "budget":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			n, convErr := strconv.Atoi(args[0])
+			interval, durErr := caddy.ParseDuration(args[1])
+			if convErr != nil || n < 1 || durErr != nil || interval <= 0 {
+				return d.Errf("budget: want <sessions> <interval>, got %q %q", args[0], args[1])
+			}
+			h.Budget = &Budget{Sessions: n, Interval: caddy.Duration(interval)}
 		case "allow_origins":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -226,6 +250,64 @@ func (h *Handler) parseFileUpload(d *caddyfile.Dispenser) error {
 		}
 	}
 	h.chatKitConfiguration().FileUpload = fu
+	return nil
+}
+
+func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
+	rl := new(RateLimit)
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 1:
+		if args[0] != "off" {
+			return d.Errf("rate_limit: want off or <burst> <interval>, got %q", args[0])
+		}
+		if d.NextBlock(d.Nesting()) {
+			return d.Err("rate_limit off takes no block")
+		}
+		h.RateLimit = &RateLimit{Disabled: true}
+		return nil
+	case 2:
+		burst, err := strconv.Atoi(args[0])
+		interval, durErr := caddy.ParseDuration(args[1])
+		if err != nil || burst < 1 || durErr != nil || interval <= 0 {
+			return d.Errf("rate_limit: want <burst> <interval>, got %q %q", args[0], args[1])
+		}
+		rl.Burst, rl.Interval = burst, caddy.Duration(interval)
+	default:
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("duplicate rate_limit option %q", name)
+		}
+		seen[name] = true
+		var err error
+		switch name {
+		case "key":
+			err = singleArg(d, &rl.Key)
+		case "zone":
+			err = singleArg(d, &rl.Zone)
+		case "ipv4_prefix":
+			if err = intArg(d, &rl.IPv4Prefix); err == nil && rl.IPv4Prefix > 32 {
+				err = d.Errf("ipv4_prefix must be 1 to 32, got %d", rl.IPv4Prefix)
+			}
+		case "ipv6_prefix":
+			if err = intArg(d, &rl.IPv6Prefix); err == nil && rl.IPv6Prefix > 128 {
+				err = d.Errf("ipv6_prefix must be 1 to 128, got %d", rl.IPv6Prefix)
+			}
+		case "max_keys":
+			err = intArg(d, &rl.MaxKeys)
+		default:
+			err = d.Errf("unrecognized rate_limit option %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	h.RateLimit = rl
 	return nil
 }
 

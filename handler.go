@@ -60,6 +60,7 @@ const (
 	outcomeOriginDenied     = "origin_denied"
 	outcomeUnauthorized     = "unauthorized"
 	outcomeRateLimited      = "rate_limited"
+	outcomeBudgetExhausted  = "budget_exhausted"
 	outcomeUpstreamError    = "upstream_error"
 	outcomeUpstreamTimeout  = "upstream_timeout"
 	outcomeClientClosed     = "client_closed"
@@ -151,6 +152,11 @@ func (h *Handler) serveMint(x *exchange) {
 		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not request ChatKit sessions", outcomeOriginDenied)
 		return
 	}
+	// Every POST past the origin check costs a token, whatever follows:
+	// probing with bad bodies is not free.
+	if !h.admit(x) {
+		return
+	}
 
 	body, tooLarge, err := readBody(r, h.maxBody)
 	if tooLarge {
@@ -187,6 +193,9 @@ func (h *Handler) serveMint(x *exchange) {
 		http.SetCookie(x.w, v.cookie)
 	}
 
+	if !h.spendBudget(x) {
+		return
+	}
 	payload, err := h.sessionBody.build(v.user, x.repl)
 	if err != nil {
 		h.logger.Error("cannot encode the session request", zap.Error(err))

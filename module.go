@@ -106,8 +106,17 @@ type Handler struct {
 	// (not the bare domain; the scheme's default port unless one is written).
 	AllowOrigins []string `json:"allow_origins,omitempty"`
 
+	// Per-client request limit on the start and refresh paths. Default: on,
+	// 10 at once then 1 per second, keyed by client IP.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// Site-wide ceiling on sessions minted. Default: none.
+	Budget *Budget `json:"budget,omitempty"`
+
 	apiKey      string
 	origins     originPolicy
+	limiter     *rateLimiter
+	now         func() time.Time
 	startPath   string
 	refreshPath string
 	healthPath  string
@@ -202,6 +211,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // It does no network I/O, so `caddy validate` works offline.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if h.now == nil {
+		h.now = time.Now
+	}
 	repl := caddy.NewReplacer()
 
 	keyTemplate := h.APIKey
@@ -249,6 +261,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.sessionBody = body
 	if h.origins, err = newOriginPolicy(h.AllowOrigins); err != nil {
+		return err
+	}
+	if err := h.provisionRateLimit(workflowID); err != nil {
 		return err
 	}
 
@@ -346,8 +361,10 @@ func (c *ChatKitConfiguration) validate() error {
 	return nil
 }
 
-// Cleanup releases the upstream client's idle connections.
+// Cleanup releases this config's hold on its rate-limit zone and the
+// upstream client's idle connections.
 func (h *Handler) Cleanup() error {
+	h.cleanupRateLimit()
 	if h.upstream != nil {
 		h.upstream.close()
 	}

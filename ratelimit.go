@@ -1,0 +1,324 @@
+package chatkit
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// Rate-limit defaults: the old token service's numbers.
+const (
+	defaultBurst      = 10
+	defaultInterval   = time.Second
+	defaultMaxKeys    = 100_000
+	defaultIPv4Prefix = 32
+	defaultIPv6Prefix = 64
+	clientIPKey       = "{client_ip}"
+	// janitorPeriod is how often idle, refilled buckets are dropped. They
+	// carry no state, so this only bounds memory between floods.
+	janitorPeriod = 30 * time.Second
+	// rateLimitPolicyName names the policy in the RateLimit headers.
+	rateLimitPolicyName = `"chatkit"`
+)
+
+// zones holds each rate-limit zone's buckets across config reloads, so a
+// reload neither forgets nor resets what clients have spent.
+var zones = caddy.NewUsagePool()
+
+// RateLimit limits how often each client may start or refresh a session:
+// `burst` requests at once, then one more per `interval` (a token bucket
+// with continuous refill). On by default at 10 per 1s.
+type RateLimit struct {
+	// Disables per-client limiting.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// Requests a client may make at once. Default: 10.
+	Burst int `json:"burst,omitempty"`
+
+	// Time for one token to come back. Default: 1s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// What identifies a client, as a placeholder. Default: `{client_ip}`,
+	// which honours the server's `trusted_proxies`. A value that parses as
+	// an IP address is grouped by the prefixes below; an empty value falls
+	// back to the client IP.
+	Key string `json:"key,omitempty"`
+
+	// IPv4 addresses sharing this many leading bits share a bucket.
+	// Default: 32.
+	IPv4Prefix int `json:"ipv4_prefix,omitempty"`
+
+	// IPv6 addresses sharing this many leading bits share a bucket, so
+	// rotating addresses inside one allocation does not escape the limit.
+	// Default: 64.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
+
+	// Most buckets kept in memory; when full, refilled buckets go first,
+	// then the least recently used. Default: 100000.
+	MaxKeys int `json:"max_keys,omitempty"`
+
+	// Handlers naming the same zone share buckets. Default: one zone per
+	// workflow, since handlers minting for the same workflow share a bill.
+	Zone string `json:"zone,omitempty"`
+}
+
+// Budget is a site-wide ceiling on sessions minted, shared by every client.
+type Budget struct {
+	// Sessions allowed per interval.
+	Sessions int `json:"sessions"`
+
+	// The window the sessions are counted over.
+	Interval caddy.Duration `json:"interval"`
+}
+
+// limiterZone is the pooled state of one zone: per-client buckets and the
+// budget. A janitor it owns stops when the last config using it goes.
+type limiterZone struct {
+	buckets *bucketStore
+	budget  budgetBucket
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func newLimiterZone(maxKeys int, now func() time.Time) *limiterZone {
+	z := &limiterZone{
+		buckets: newBucketStore(maxKeys),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go z.janitor(now)
+	return z
+}
+
+func (z *limiterZone) janitor(now func() time.Time) {
+	defer close(z.done)
+	ticker := time.NewTicker(janitorPeriod)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-z.stop:
+			return
+		case <-ticker.C:
+			z.buckets.sweep(now().UnixNano())
+		}
+	}
+}
+
+// Destruct stops the janitor; the pool calls it when no config uses the zone.
+func (z *limiterZone) Destruct() error {
+	close(z.stop)
+	<-z.done
+	return nil
+}
+
+// budgetBucket is one shared GCRA bucket.
+type budgetBucket struct {
+	mu         sync.Mutex
+	tat        int64
+	warnedTill atomic.Int64
+}
+
+// take spends one session from the budget, or reports how long until one is
+// available.
+func (b *budgetBucket) take(l limit, now int64) (bool, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	tat, ok, wait := gcraStep(b.tat, l, now)
+	if ok {
+		b.tat = tat
+	}
+	return ok, wait
+}
+
+// gcraStep is the single-bucket GCRA decision used for the budget.
+func gcraStep(tat int64, l limit, now int64) (newTAT int64, allowed bool, wait time.Duration) {
+	t := int64(l.interval)
+	tolerance := t * int64(l.burst-1)
+	if tat < now {
+		tat = now
+	}
+	if tat-now > tolerance {
+		return tat, false, time.Duration(tat - now - tolerance)
+	}
+	return tat + t, true, 0
+}
+
+// rateLimiter is a handler's view of its zone: the limits it applies and
+// how it keys clients.
+type rateLimiter struct {
+	zoneKey    string
+	zone       *limiterZone
+	limit      limit
+	keyPattern string
+	ipv4Prefix int
+	ipv6Prefix int
+	policy     string // the RateLimit-Policy header value
+	budget     *limit
+}
+
+func (h *Handler) provisionRateLimit(workflowID string) error {
+	rl := h.RateLimit
+	if rl == nil {
+		rl = new(RateLimit)
+	}
+	if rl.Disabled && h.Budget == nil {
+		return nil
+	}
+	r := &rateLimiter{
+		limit:      limit{burst: cmpOrInt(rl.Burst, defaultBurst), interval: time.Duration(rl.Interval)},
+		keyPattern: rl.Key,
+		ipv4Prefix: cmpOrInt(rl.IPv4Prefix, defaultIPv4Prefix),
+		ipv6Prefix: cmpOrInt(rl.IPv6Prefix, defaultIPv6Prefix),
+	}
+	if r.limit.interval == 0 {
+		r.limit.interval = defaultInterval
+	}
+	if r.keyPattern == clientIPKey {
+		r.keyPattern = ""
+	}
+	if rl.Disabled {
+		r.limit = limit{}
+	}
+	if r.limit.burst < 0 || r.limit.interval < 0 {
+		return errors.New("chatkit: rate_limit burst and interval must be positive")
+	}
+	if r.ipv4Prefix < 1 || r.ipv4Prefix > 32 || r.ipv6Prefix < 1 || r.ipv6Prefix > 128 {
+		return errors.New("chatkit: rate_limit ipv4_prefix must be 1-32 and ipv6_prefix 1-128")
+	}
+	maxKeys := cmpOrInt(rl.MaxKeys, defaultMaxKeys)
+	if maxKeys < 1 {
+		return errors.New("chatkit: rate_limit max_keys must be at least 1")
+	}
+	if b := h.Budget; b != nil {
+		if b.Sessions < 1 || b.Interval <= 0 {
+			return errors.New("chatkit: budget needs a positive session count and interval")
+		}
+		// n sessions per interval: a bucket of n refilled over the interval.
+		r.budget = &limit{burst: b.Sessions, interval: max(time.Duration(b.Interval)/time.Duration(b.Sessions), 1)}
+	}
+	if !rl.Disabled {
+		r.policy = fmt.Sprintf("%s;q=%d;w=%d", rateLimitPolicyName, r.limit.burst,
+			ceilSeconds(r.limit.interval*time.Duration(r.limit.burst)))
+	}
+
+	r.zoneKey = "workflow:" + workflowID
+	if rl.Zone != "" {
+		r.zoneKey = "zone:" + rl.Zone
+	}
+	val, _, err := zones.LoadOrNew(r.zoneKey, func() (caddy.Destructor, error) {
+		return newLimiterZone(maxKeys, h.now), nil
+	})
+	if err != nil {
+		return err
+	}
+	r.zone = val.(*limiterZone)
+	// The newest config decides the zone's size; a shrink evicts at once.
+	r.zone.buckets.setMaxKeys(maxKeys)
+	h.limiter = r
+	return nil
+}
+
+func (h *Handler) cleanupRateLimit() {
+	if h.limiter != nil {
+		_, _ = zones.Delete(h.limiter.zoneKey)
+		h.limiter = nil
+	}
+}
+
+func cmpOrInt(v, fallback int) int {
+	if v == 0 {
+		return fallback
+	}
+	return v
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	return int64(math.Ceil(d.Seconds()))
+}
+
+// clientKey derives the bucket key for a request without allocating in the
+// default `{client_ip}` case.
+func (r *rateLimiter) clientKey(req *http.Request, repl *caddy.Replacer) bucketKey {
+	if r.keyPattern != "" {
+		if v := repl.ReplaceAll(r.keyPattern, ""); v != "" {
+			if ip, err := netip.ParseAddr(v); err == nil {
+				return ipBucketKey(ip, r.ipv4Prefix, r.ipv6Prefix)
+			}
+			return stringBucketKey(v)
+		}
+	}
+	ipStr, _ := caddyhttp.GetVar(req.Context(), caddyhttp.ClientIPVarKey).(string)
+	if ip, err := netip.ParseAddr(ipStr); err == nil {
+		return ipBucketKey(ip, r.ipv4Prefix, r.ipv6Prefix)
+	}
+	// Never one shared "unknown" bucket: fall back to the peer address.
+	host, _ := splitHostPort(req.RemoteAddr)
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ipBucketKey(ip, r.ipv4Prefix, r.ipv6Prefix)
+	}
+	return stringBucketKey(req.RemoteAddr)
+}
+
+// admit charges the client one token and sets the RateLimit headers. It
+// returns false after answering 429.
+func (h *Handler) admit(x *exchange) bool {
+	r := h.limiter
+	if r == nil || r.policy == "" {
+		return true
+	}
+	d := r.zone.buckets.allow(r.clientKey(x.r, x.repl), r.limit, h.now().UnixNano())
+	hdr := x.w.Header()
+	hdr.Set("RateLimit-Policy", r.policy)
+	hdr.Set("RateLimit", rateLimitHeader(d))
+	if d.allowed {
+		return true
+	}
+	wait := retryAfterSeconds(d.retryAfter)
+	hdr.Set("Retry-After", wait)
+	x.fail(http.StatusTooManyRequests, "rate_limit_exceeded", "too many requests, retry in "+wait+"s", outcomeRateLimited)
+	return false
+}
+
+func rateLimitHeader(d decision) string {
+	buf := make([]byte, 0, 40)
+	buf = append(buf, rateLimitPolicyName...)
+	buf = append(buf, ";r="...)
+	buf = strconv.AppendInt(buf, int64(d.remaining), 10)
+	buf = append(buf, ";t="...)
+	buf = strconv.AppendInt(buf, ceilSeconds(d.nextToken), 10)
+	return string(buf)
+}
+
+// spendBudget takes one session from the site-wide budget, answering 503
+// when it is exhausted.
+func (h *Handler) spendBudget(x *exchange) bool {
+	r := h.limiter
+	if r == nil || r.budget == nil {
+		return true
+	}
+	now := h.now().UnixNano()
+	ok, wait := r.zone.budget.take(*r.budget, now)
+	if ok {
+		return true
+	}
+	// One warning per exhausted window, not one per refused request.
+	if till := r.zone.budget.warnedTill.Load(); now >= till &&
+		r.zone.budget.warnedTill.CompareAndSwap(till, now+int64(r.budget.interval)*int64(r.budget.burst)) {
+		h.logger.Warn("site-wide session budget exhausted: refusing new ChatKit sessions until it refills",
+			zap.Int("budget_sessions", r.budget.burst), zap.Duration("retry_after", wait))
+	}
+	secs := retryAfterSeconds(wait)
+	x.w.Header().Set("Retry-After", secs)
+	x.fail(http.StatusServiceUnavailable, "budget_exhausted", "the site's chat budget is used up, retry in "+secs+"s", outcomeBudgetExhausted)
+	return false
+}
