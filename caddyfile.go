@@ -69,6 +69,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			zone <name>
 //		}
 //		budget <sessions> <interval>
+//
+//		retries <n>
+//		circuit_breaker off|<failures> <cooldown>
+//		error_cache off|<duration>
+//		revoke_on_refresh on|off
 //	}
 //
 // Only `workflow` is required. `state_variable` and `allow_origins` may be
@@ -167,7 +172,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var size string
 			if err = singleArg(d, &size); err == nil {
 				var n uint64
-				if n, err = humanize.ParseBytes(size); err != nil || n == 0 {
+				// int64(n) <= 0 also catches sizes too large for MaxBody.
+				if n, err = humanize.ParseBytes(size); err != nil || int64(n) <= 0 {
 					return d.Errf("max_body: invalid size %q", size)
 				}
 				h.MaxBody = int64(n)
@@ -185,6 +191,45 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("budget: want <sessions> <interval>, got %q %q", args[0], args[1])
 			}
 			h.Budget = &Budget{Sessions: n, Interval: caddy.Duration(interval)}
+		case "retries":
+			var n string
+			if err = singleArg(d, &n); err == nil {
+				retries, convErr := strconv.Atoi(n)
+				if convErr != nil || retries < 0 || retries > 10 {
+					return d.Errf("retries must be 0 to 10, got %q", n)
+				}
+				h.Retries = &retries
+			}
+		case "circuit_breaker":
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 1 && args[0] == "off":
+				h.CircuitBreaker = &CircuitBreaker{Disabled: true}
+			case len(args) == 2:
+				n, convErr := strconv.Atoi(args[0])
+				cooldown, durErr := caddy.ParseDuration(args[1])
+				if convErr != nil || n < 1 || durErr != nil || cooldown <= 0 {
+					return d.Errf("circuit_breaker: want <failures> <cooldown>, got %q %q", args[0], args[1])
+				}
+				h.CircuitBreaker = &CircuitBreaker{Failures: n, Cooldown: caddy.Duration(cooldown)}
+			default:
+				return d.ArgErr()
+			}
+		case "error_cache":
+			var v string
+			if err = singleArg(d, &v); err == nil {
+				ttl := caddy.Duration(0)
+				if v != "off" {
+					dur, durErr := caddy.ParseDuration(v)
+					if durErr != nil || dur <= 0 || dur > maxErrorCache {
+						return d.Errf("error_cache must be off or a duration up to 30s, got %q", v)
+					}
+					ttl = caddy.Duration(dur)
+				}
+				h.ErrorCache = &ttl
+			}
+		case "revoke_on_refresh":
+			h.RevokeOnRefresh, err = onOff(d)
 		case "allow_origins":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

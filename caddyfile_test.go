@@ -575,6 +575,7 @@ func TestParseCaddyfileErrors(t *testing.T) {
 		{name: "max_body not a size", input: "chatkit {\n\tworkflow w\n\tmax_body lots\n}", wantErr: `max_body: invalid size "lots"`, line: 3},
 		{name: "max_body zero", input: "chatkit {\n\tworkflow w\n\tmax_body 0\n}", wantErr: `max_body: invalid size "0"`, line: 3},
 		{name: "max_body negative", input: "chatkit {\n\tworkflow w\n\tmax_body -1KB\n}", wantErr: `max_body: invalid size "-1KB"`, line: 3},
+		{name: "max_body larger than int64", input: "chatkit {\n\tworkflow w\n\tmax_body 10EiB\n}", wantErr: `max_body: invalid size "10EiB"`, line: 3},
 
 		{name: "unknown file_upload option", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files 2\n\t\tmax_size 3\n\t}\n}", wantErr: `unrecognized file_upload option "max_size"`, line: 5},
 		{name: "history option inside file_upload", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\trecent_threads 3\n\t}\n}", wantErr: `unrecognized file_upload option "recent_threads"`, line: 4},
@@ -606,7 +607,9 @@ func TestParseCaddyfileErrors(t *testing.T) {
 }
 
 // cfSubdirectiveSamples holds one valid line for every subdirective,
-// used to build duplicate and coverage cases.
+// used to build duplicate and coverage cases. A subdirective added to the
+// UnmarshalCaddyfile godoc needs a sample here (see
+// TestParseCaddyfileSubdirectivesDocumented).
 var cfSubdirectiveSamples = map[string]string{
 	"workflow":                "workflow wf_1",
 	"api_key":                 "api_key {env.K}",
@@ -630,6 +633,12 @@ var cfSubdirectiveSamples = map[string]string{
 	"timeout":                 "timeout 3s",
 	"max_body":                "max_body 4KB",
 	"allow_origins":           "allow_origins https://a.example",
+	"rate_limit":              "rate_limit 10 1m",
+	"budget":                  "budget 100 1h",
+	"retries":                 "retries 2",
+	"circuit_breaker":         "circuit_breaker 5 30s",
+	"error_cache":             "error_cache 5s",
+	"revoke_on_refresh":       "revoke_on_refresh on",
 }
 
 // cfRepeatable are the subdirectives that may appear more than once.
@@ -724,7 +733,10 @@ func cfDocumentedSubdirectives(t *testing.T) []string {
 		if !ok || rest == "" || rest[0] == '\t' || rest == "}" {
 			continue
 		}
-		names = append(names, strings.Fields(rest)[0])
+		// A subdirective may be documented on several lines.
+		if name := strings.Fields(rest)[0]; !slices.Contains(names, name) {
+			names = append(names, name)
+		}
 	}
 	return names
 }

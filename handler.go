@@ -61,6 +61,7 @@ const (
 	outcomeUnauthorized     = "unauthorized"
 	outcomeRateLimited      = "rate_limited"
 	outcomeBudgetExhausted  = "budget_exhausted"
+	outcomeCircuitOpen      = "circuit_open"
 	outcomeUpstreamError    = "upstream_error"
 	outcomeUpstreamTimeout  = "upstream_timeout"
 	outcomeClientClosed     = "client_closed"
@@ -83,6 +84,7 @@ type exchange struct {
 	sessionID   string
 	upstream    upstreamCall
 	upstreamErr *upstreamError
+	cachedError bool
 }
 
 // ServeHTTP answers the module's own paths and passes everything else on.
@@ -129,7 +131,12 @@ func (h *Handler) serveHealth(x *exchange) {
 		return
 	}
 	x.outcome = outcomeHealth
-	x.writeJSON(http.StatusOK, []byte(`{"status":"ok","version":"`+moduleVersion+`"}`))
+	status := "ok"
+	if h.guard.degraded(h.now()) {
+		// Still 200: the WordPress admin page reads the body.
+		status = "degraded"
+	}
+	x.writeJSON(http.StatusOK, []byte(`{"status":"`+status+`","version":"`+moduleVersion+`"}`))
 }
 
 // serveMint handles start and refresh: origin, method, body, identity,
@@ -167,10 +174,11 @@ func (h *Handler) serveMint(x *exchange) {
 		x.fail(http.StatusBadRequest, "bad_request", "could not read the request body", outcomeBadRequest)
 		return
 	}
+	var presented string
 	if x.endpoint == endpointStart {
 		err = validateStartBody(body)
 	} else {
-		_, err = parseRefreshBody(body)
+		presented, err = parseRefreshBody(body)
 	}
 	if err != nil {
 		x.fail(http.StatusBadRequest, "bad_request", err.Error(), outcomeBadRequest)
@@ -193,24 +201,19 @@ func (h *Handler) serveMint(x *exchange) {
 		http.SetCookie(x.w, v.cookie)
 	}
 
-	if !h.spendBudget(x) {
+	session, ok := h.mint(x)
+	if !ok {
 		return
 	}
-	payload, err := h.sessionBody.build(v.user, x.repl)
-	if err != nil {
-		h.logger.Error("cannot encode the session request", zap.Error(err))
-		x.fail(http.StatusInternalServerError, "internal_error", "the server could not build the session request", outcomeInternalError)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
-	session, call, uerr := h.upstream.createSession(ctx, payload)
-	cancel()
-	x.upstream = call
-	x.sessionID = session.ID
-	if uerr != nil {
-		x.upstreamErr = uerr
-		h.failUpstream(x, uerr)
-		return
+	if h.RevokeOnRefresh {
+		now := h.now()
+		registry := h.limiter.zone.sessions
+		if x.endpoint == endpointRefresh {
+			if old, found := registry.take(presented, x.user, now); found {
+				h.revokeInBackground(old, x.requestID)
+			}
+		}
+		registry.remember(session.ClientSecret, issuedSession{sessionID: session.ID, user: x.user, expiresAt: session.ExpiresAt}, now)
 	}
 
 	out := make([]byte, 0, 64+len(session.ClientSecret))
@@ -221,6 +224,47 @@ func (h *Handler) serveMint(x *exchange) {
 	out = append(out, '}')
 	x.outcome = outcomeSuccess
 	x.writeJSON(http.StatusOK, out)
+}
+
+// mint creates one session upstream behind the breaker, the error cache
+// and the budget. It answers the request itself when it fails.
+func (h *Handler) mint(x *exchange) (createdSession, bool) {
+	var session createdSession
+	cached, breakerWait, probe := h.guard.check(h.now())
+	if cached != nil {
+		// The same answer the live error got, without calling OpenAI.
+		x.upstreamErr, x.cachedError = cached, true
+		h.failUpstream(x, cached)
+		return session, false
+	}
+	if breakerWait > 0 {
+		x.w.Header().Set("Retry-After", retryAfterSeconds(breakerWait))
+		x.fail(http.StatusServiceUnavailable, "circuit_open", "the chat service is failing; retrying shortly", outcomeCircuitOpen)
+		return session, false
+	}
+	if !h.spendBudget(x) {
+		h.guard.release(probe)
+		return session, false
+	}
+	payload, err := h.sessionBody.build(x.user, x.repl)
+	if err != nil {
+		h.guard.release(probe)
+		h.logger.Error("cannot encode the session request", zap.Error(err))
+		x.fail(http.StatusInternalServerError, "internal_error", "the server could not build the session request", outcomeInternalError)
+		return session, false
+	}
+	ctx, cancel := context.WithTimeout(x.r.Context(), h.timeout)
+	session, call, uerr := h.upstream.createSession(ctx, payload)
+	cancel()
+	h.guard.record(uerr, probe, h.now())
+	x.upstream = call
+	x.sessionID = session.ID
+	if uerr != nil {
+		x.upstreamErr = uerr
+		h.failUpstream(x, uerr)
+		return session, false
+	}
+	return session, true
 }
 
 // secure reports whether cookies should be Secure: the browser reached the
@@ -394,6 +438,7 @@ func userHash(user string) string {
 // finish publishes placeholders and writes the request's one log entry.
 func (h *Handler) finish(x *exchange) {
 	hash := userHash(x.user)
+	requestsTotal.WithLabelValues(x.endpoint.String(), x.outcome).Inc()
 	x.repl.Set("http.chatkit.outcome", x.outcome)
 	x.repl.Set("http.chatkit.session_id", x.sessionID)
 	x.repl.Set("http.chatkit.user_hash", hash)
@@ -401,6 +446,11 @@ func (h *Handler) finish(x *exchange) {
 	level, msg := zapcore.InfoLevel, "handled chatkit request"
 	if e := x.upstreamErr; e != nil {
 		level, msg = upstreamLogLevel(e)
+		if x.cachedError {
+			msg += " (cached answer; OpenAI not called)"
+		}
+	} else if x.outcome == outcomeCircuitOpen {
+		level = zapcore.WarnLevel
 	}
 	ce := h.logger.Check(level, msg)
 	if ce == nil {
@@ -420,6 +470,7 @@ func (h *Handler) finish(x *exchange) {
 		fields = append(fields,
 			zap.Int("upstream_status", x.upstream.status),
 			zap.Duration("upstream_duration", x.upstream.duration),
+			zap.Int("retries", x.upstream.retries),
 			zap.String("openai_request_id", x.upstream.requestID))
 	}
 	if x.sessionID != "" {

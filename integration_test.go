@@ -74,7 +74,19 @@ func client(t *testing.T) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	c := plainClient(t)
+	c.Jar = jar
+	return c
+}
+
+// plainClient has no cookie jar. Each test client has its own transport:
+// a keep-alive connection to a server that a config reload closed must
+// not be reused by the next test.
+func plainClient(t *testing.T) *http.Client {
+	t.Helper()
+	transport := &http.Transport{}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &http.Client{Transport: transport, Timeout: 10 * time.Second}
 }
 
 type reply struct {
@@ -416,7 +428,8 @@ func TestConfiguredOptionsReachUpstream(t *testing.T) {
 
 func TestUpstreamFaultsMapToDocumentedAnswers(t *testing.T) {
 	fake := newFake(t)
-	startSite(t, fake, "", "timeout 500ms", "")
+	// One attempt, no memory: each fault maps straight to its answer.
+	startSite(t, fake, "", "timeout 500ms\n\t\tretries 0\n\t\terror_cache off\n\t\tcircuit_breaker off", "")
 	c := client(t)
 	cases := []struct {
 		fault  fakeopenai.Fault
@@ -514,7 +527,7 @@ func TestCookieIdentityCannotBeForged(t *testing.T) {
 		forged[5] = 'A'
 	}
 	for _, bad := range []string{string(forged), "anon:attacker", value[:len(value)-2], ""} {
-		r = do(t, &http.Client{}, "POST", "/api/chatkit/start", "", "Cookie", "chatkit_uid="+bad)
+		r = do(t, plainClient(t), "POST", "/api/chatkit/start", "", "Cookie", "chatkit_uid="+bad)
 		expectSecret(t, r, fake)
 		if got := lastUser(t, fake); got == user || got == "anon:attacker" {
 			t.Fatalf("forged cookie %q was accepted as %q", bad, got)
@@ -524,7 +537,7 @@ func TestCookieIdentityCannotBeForged(t *testing.T) {
 		}
 	}
 	// The genuine cookie still works, from any client.
-	do(t, &http.Client{}, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"x"}`, "Cookie", "chatkit_uid="+value)
+	do(t, plainClient(t), "POST", "/api/chatkit/refresh", `{"currentClientSecret":"x"}`, "Cookie", "chatkit_uid="+value)
 	if lastUser(t, fake) != user {
 		t.Fatal("the genuine cookie lost its user")
 	}
@@ -543,7 +556,7 @@ func TestCookieKeyPersistsInStorage(t *testing.T) {
 	// A different config (a restart, another instance) with the same
 	// storage accepts the cookie.
 	startSite(t, fake, global, "session_ttl 5m", "")
-	r = do(t, &http.Client{}, "POST", "/api/chatkit/start", "", "Cookie", cookie)
+	r = do(t, plainClient(t), "POST", "/api/chatkit/start", "", "Cookie", cookie)
 	expectSecret(t, r, fake)
 	if lastUser(t, fake) != user {
 		t.Fatal("the stored cookie key did not survive a config change")

@@ -5,10 +5,12 @@ package chatkit
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -113,19 +115,40 @@ type Handler struct {
 	// Site-wide ceiling on sessions minted. Default: none.
 	Budget *Budget `json:"budget,omitempty"`
 
-	apiKey      string
-	origins     originPolicy
-	limiter     *rateLimiter
-	now         func() time.Time
-	startPath   string
-	refreshPath string
-	healthPath  string
-	timeout     time.Duration
-	maxBody     int64
-	sessionBody sessionBodyTemplate
-	upstream    *upstreamClient
-	identity    *identitySource
-	logger      *zap.Logger
+	// Retries of a failed OpenAI call (connection errors, 408, 409, 429,
+	// 5xx) within the timeout. Default: 2; 0 disables.
+	Retries *int `json:"retries,omitempty"`
+
+	// The circuit breaker in front of OpenAI. Default: on, opening after 5
+	// consecutive failures for 30s.
+	CircuitBreaker *CircuitBreaker `json:"circuit_breaker,omitempty"`
+
+	// How long an auth or workflow error from OpenAI (401, 403, 404) is
+	// answered from memory, at most 30s; 0 disables. Default: 10s.
+	ErrorCache *caddy.Duration `json:"error_cache,omitempty"`
+
+	// Cancel the replaced session upstream after a refresh, when the
+	// presented secret is one this server issued to the same user.
+	RevokeOnRefresh bool `json:"revoke_on_refresh,omitempty"`
+
+	apiKey         string
+	workflowID     string
+	origins        originPolicy
+	limiter        *rateLimiter
+	guard          *upstreamGuard
+	now            func() time.Time
+	background     *sync.WaitGroup
+	backgroundCtx  context.Context
+	stopBackground context.CancelFunc
+	startPath      string
+	refreshPath    string
+	healthPath     string
+	timeout        time.Duration
+	maxBody        int64
+	sessionBody    sessionBodyTemplate
+	upstream       *upstreamClient
+	identity       *identitySource
+	logger         *zap.Logger
 }
 
 // Workflow names the Agent Builder workflow sessions run.
@@ -214,6 +237,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.now == nil {
 		h.now = time.Now
 	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	h.backgroundCtx, h.stopBackground = context.WithCancel(context.Background())
+	h.background = new(sync.WaitGroup)
 	repl := caddy.NewReplacer()
 
 	keyTemplate := h.APIKey
@@ -263,17 +291,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.origins, err = newOriginPolicy(h.AllowOrigins); err != nil {
 		return err
 	}
-	if err := h.provisionRateLimit(workflowID); err != nil {
+	if err := h.provisionZone(workflowID); err != nil {
 		return err
 	}
 
 	apiBase := strings.TrimRight(repl.ReplaceAll(cmp.Or(h.APIBase, defaultAPIBase), ""), "/")
+	retries := 2
+	if h.Retries != nil {
+		retries = *h.Retries
+	}
 	h.upstream = newUpstreamClient(upstreamConfig{
 		apiBase:      apiBase,
 		apiKey:       h.apiKey,
 		organization: repl.ReplaceAll(h.Organization, ""),
 		project:      repl.ReplaceAll(h.Project, ""),
+		retries:      retries,
 	})
+	h.workflowID = workflowID
+	h.guard = h.newUpstreamGuard()
 
 	var storage certmagic.Storage
 	secret := ""
@@ -310,6 +345,15 @@ func (h *Handler) Validate() error {
 	}
 	if ttl := time.Duration(h.SessionTTL); ttl != 0 && (ttl < time.Second || ttl > 10*time.Minute) {
 		return fmt.Errorf("chatkit: session_ttl must be between 1s and 10m, got %s", ttl)
+	}
+	if h.Retries != nil && (*h.Retries < 0 || *h.Retries > 10) {
+		return errors.New("chatkit: retries must be 0 to 10")
+	}
+	if h.ErrorCache != nil && (*h.ErrorCache < 0 || time.Duration(*h.ErrorCache) > maxErrorCache) {
+		return errors.New("chatkit: error_cache must be 0 to 30s")
+	}
+	if cb := h.CircuitBreaker; cb != nil && (cb.Failures < 0 || cb.Cooldown < 0) {
+		return errors.New("chatkit: circuit_breaker failures and cooldown must be positive")
 	}
 	if h.MaxRequestsPerMinute < 0 {
 		return errors.New("chatkit: max_requests_per_minute must be at least 1")
@@ -361,9 +405,13 @@ func (c *ChatKitConfiguration) validate() error {
 	return nil
 }
 
-// Cleanup releases this config's hold on its rate-limit zone and the
-// upstream client's idle connections.
+// Cleanup stops background session cancels, releases this config's hold
+// on its rate-limit zone and closes the upstream client's idle connections.
 func (h *Handler) Cleanup() error {
+	if h.stopBackground != nil {
+		h.stopBackground()
+		h.background.Wait()
+	}
 	h.cleanupRateLimit()
 	if h.upstream != nil {
 		h.upstream.close()

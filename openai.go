@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -27,7 +29,16 @@ type upstreamConfig struct {
 	apiKey       string
 	organization string
 	project      string
+	retries      int
 }
+
+// Retry backoff: exponential with full jitter, like OpenAI's SDKs, and a
+// cap on how long a Retry-After header may make a request wait.
+const (
+	retryBaseDelay     = 250 * time.Millisecond
+	retryMaxDelay      = 4 * time.Second
+	retryAfterMaxDelay = 8 * time.Second
+)
 
 // upstreamClient calls OpenAI's ChatKit sessions API over one shared,
 // keep-alive HTTP client.
@@ -37,6 +48,8 @@ type upstreamClient struct {
 	header      http.Header
 	transport   *http.Transport
 	client      *http.Client
+	retries     int
+	baseDelay   time.Duration
 }
 
 func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
@@ -73,7 +86,9 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 		transport:   transport,
 		// No client-level timeout: every call carries the request's context
 		// with the configured deadline.
-		client: &http.Client{Transport: transport},
+		client:    &http.Client{Transport: transport},
+		retries:   cfg.retries,
+		baseDelay: retryBaseDelay,
 	}
 }
 
@@ -97,13 +112,14 @@ const (
 // upstreamError describes a failed upstream call without carrying any part
 // of the upstream body except OpenAI's error type, code and param.
 type upstreamError struct {
-	failure    upstreamFailure
-	status     int
-	retryAfter time.Duration
-	errType    string
-	errCode    string
-	errParam   string
-	cause      error
+	failure     upstreamFailure
+	status      int
+	retryAfter  time.Duration
+	shouldRetry string // OpenAI's x-should-retry header: "true", "false" or ""
+	errType     string
+	errCode     string
+	errParam    string
+	cause       error
 }
 
 func (e *upstreamError) Error() string {
@@ -118,11 +134,34 @@ func (e *upstreamError) Error() string {
 	return b.String()
 }
 
-// upstreamCall records facts about one upstream exchange for the log.
+// retryable follows OpenAI's SDKs: connection errors, 408, 409, 429 and
+// 5xx are retried unless the server says `x-should-retry: false`; requests
+// OpenAI refused as such (400, 401, 403, 404) never are.
+func (e *upstreamError) retryable() bool {
+	switch e.status {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return false
+	}
+	if e.shouldRetry == "false" {
+		return false
+	}
+	if e.shouldRetry == "true" {
+		return e.failure != failTimeout && e.failure != failCanceled
+	}
+	switch e.failure {
+	case failNetwork, failRateLimited, failServer:
+		return true
+	}
+	return e.status == http.StatusRequestTimeout || e.status == http.StatusConflict
+}
+
+// upstreamCall records facts about one upstream exchange (all its
+// attempts) for the log.
 type upstreamCall struct {
 	status    int
 	requestID string
 	duration  time.Duration
+	retries   int
 }
 
 // createdSession is the part of a `chatkit.session` object the module uses.
@@ -132,12 +171,11 @@ type createdSession struct {
 	ExpiresAt    int64  `json:"expires_at"`
 }
 
-// createSession posts body to `<api_base>/chatkit/sessions`.
+// createSession posts body to `<api_base>/chatkit/sessions`, retrying
+// transient failures while the context's deadline leaves room.
 func (c *upstreamClient) createSession(ctx context.Context, body []byte) (createdSession, upstreamCall, *upstreamError) {
 	var session createdSession
-	start := time.Now()
-	call, payload, uerr := c.post(ctx, c.sessionsURL, body)
-	call.duration = time.Since(start)
+	call, payload, uerr := c.postWithRetries(ctx, operationCreate, c.sessionsURL, body)
 	if uerr != nil {
 		return session, call, uerr
 	}
@@ -147,19 +185,59 @@ func (c *upstreamClient) createSession(ctx context.Context, body []byte) (create
 	return session, call, nil
 }
 
+func (c *upstreamClient) postWithRetries(ctx context.Context, operation, target string, body []byte) (upstreamCall, []byte, *upstreamError) {
+	var call upstreamCall
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		attemptStart := time.Now()
+		status, requestID, payload, uerr := c.post(ctx, target, body)
+		observeUpstream(operation, status, uerr, time.Since(attemptStart))
+		call.status, call.requestID = status, requestID
+		if uerr == nil || attempt >= c.retries || !uerr.retryable() {
+			call.duration = time.Since(start)
+			return call, payload, uerr
+		}
+		wait := c.backoff(attempt)
+		if uerr.retryAfter > 0 {
+			wait = min(uerr.retryAfter, retryAfterMaxDelay)
+		}
+		// Waiting past the deadline would only turn this answer into a
+		// timeout: return it now instead.
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait {
+			call.duration = time.Since(start)
+			return call, payload, uerr
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			call.duration = time.Since(start)
+			return call, nil, transportFailure(ctx, ctx.Err())
+		case <-timer.C:
+		}
+		call.retries++
+		upstreamRetries.WithLabelValues(operation).Inc()
+	}
+}
+
+// backoff is the full-jitter exponential delay before retry attempt+1.
+func (c *upstreamClient) backoff(attempt int) time.Duration {
+	ceiling := min(c.baseDelay<<attempt, retryMaxDelay)
+	return time.Duration(rand.Int64N(int64(ceiling) + 1))
+}
+
 // cancelSession posts to `<api_base>/chatkit/sessions/{id}/cancel`.
 func (c *upstreamClient) cancelSession(ctx context.Context, sessionID string) (upstreamCall, *upstreamError) {
-	start := time.Now()
-	call, _, uerr := c.post(ctx, c.apiBase+"/chatkit/sessions/"+sessionID+"/cancel", nil)
-	call.duration = time.Since(start)
+	call, _, uerr := c.postWithRetries(ctx, operationCancel, c.apiBase+"/chatkit/sessions/"+url.PathEscape(sessionID)+"/cancel", nil)
 	return call, uerr
 }
 
-func (c *upstreamClient) post(ctx context.Context, url string, body []byte) (upstreamCall, []byte, *upstreamError) {
-	var call upstreamCall
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+// post makes one attempt. The body is read up to a cap, bounded by the
+// context, so a response that never ends cannot outlive the deadline.
+func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (status int, requestID string, payload []byte, uerr *upstreamError) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return call, nil, &upstreamError{failure: failNetwork, cause: err}
+		return 0, "", nil, &upstreamError{failure: failNetwork, cause: err}
 	}
 	req.Header = c.header.Clone()
 	if body == nil {
@@ -167,32 +245,31 @@ func (c *upstreamClient) post(ctx context.Context, url string, body []byte) (ups
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return call, nil, transportFailure(ctx, err)
+		return 0, "", nil, transportFailure(ctx, err)
 	}
 	defer resp.Body.Close()
-	call.status = resp.StatusCode
-	call.requestID = resp.Header.Get("X-Request-Id")
+	status, requestID = resp.StatusCode, resp.Header.Get("X-Request-Id")
 
 	// Read one byte past the cap to tell "exactly at the cap" from "over".
-	payload, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
+	payload, err = io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
 	if err != nil {
 		uerr := transportFailure(ctx, err)
-		uerr.status = resp.StatusCode
-		if uerr.failure == failNetwork && resp.StatusCode < 300 {
+		uerr.status = status
+		if uerr.failure == failNetwork && status < 300 {
 			uerr.failure = failInvalidResponse
 		}
-		return call, nil, uerr
+		return status, requestID, nil, uerr
 	}
 	if len(payload) > maxUpstreamBody {
-		return call, nil, &upstreamError{failure: failInvalidResponse, status: resp.StatusCode, cause: errors.New("response body over 1 MiB")}
+		return status, requestID, nil, &upstreamError{failure: failInvalidResponse, status: status, cause: errors.New("response body over 1 MiB")}
 	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return call, payload, nil
+	if status >= 200 && status < 300 {
+		return status, requestID, payload, nil
 	}
-	uerr := &upstreamError{failure: statusFailure(resp.StatusCode), status: resp.StatusCode}
+	uerr = &upstreamError{failure: statusFailure(status), status: status, shouldRetry: resp.Header.Get("X-Should-Retry")}
 	uerr.retryAfter = parseRetryAfter(resp.Header, time.Now())
 	uerr.errType, uerr.errCode, uerr.errParam = decodeAPIError(payload)
-	return call, nil, uerr
+	return status, requestID, nil, uerr
 }
 
 func statusFailure(status int) upstreamFailure {

@@ -81,20 +81,22 @@ type Budget struct {
 	Interval caddy.Duration `json:"interval"`
 }
 
-// limiterZone is the pooled state of one zone: per-client buckets and the
-// budget. A janitor it owns stops when the last config using it goes.
+// limiterZone is the pooled state of one zone: per-client buckets, the
+// budget and the registry of issued sessions. A janitor it owns stops when the last config using it goes.
 type limiterZone struct {
-	buckets *bucketStore
-	budget  budgetBucket
-	stop    chan struct{}
-	done    chan struct{}
+	buckets  *bucketStore
+	budget   budgetBucket
+	sessions *sessionRegistry
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 func newLimiterZone(maxKeys int, now func() time.Time) *limiterZone {
 	z := &limiterZone{
-		buckets: newBucketStore(maxKeys),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		buckets:  newBucketStore(maxKeys),
+		sessions: newSessionRegistry(maxRegisteredSessions),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go z.janitor(now)
 	return z
@@ -109,7 +111,9 @@ func (z *limiterZone) janitor(now func() time.Time) {
 		case <-z.stop:
 			return
 		case <-ticker.C:
-			z.buckets.sweep(now().UnixNano())
+			t := now()
+			z.buckets.sweep(t.UnixNano())
+			z.sessions.forgetExpired(t)
 		}
 	}
 }
@@ -166,13 +170,12 @@ type rateLimiter struct {
 	budget     *limit
 }
 
-func (h *Handler) provisionRateLimit(workflowID string) error {
+// provisionZone acquires the handler's zone from the pool and sets up the
+// limits it applies there.
+func (h *Handler) provisionZone(workflowID string) error {
 	rl := h.RateLimit
 	if rl == nil {
 		rl = new(RateLimit)
-	}
-	if rl.Disabled && h.Budget == nil {
-		return nil
 	}
 	r := &rateLimiter{
 		limit:      limit{burst: cmpOrInt(rl.Burst, defaultBurst), interval: time.Duration(rl.Interval)},
@@ -185,9 +188,6 @@ func (h *Handler) provisionRateLimit(workflowID string) error {
 	}
 	if r.keyPattern == clientIPKey {
 		r.keyPattern = ""
-	}
-	if rl.Disabled {
-		r.limit = limit{}
 	}
 	if r.limit.burst < 0 || r.limit.interval < 0 {
 		return errors.New("chatkit: rate_limit burst and interval must be positive")
@@ -211,6 +211,8 @@ func (h *Handler) provisionRateLimit(workflowID string) error {
 			ceilSeconds(r.limit.interval*time.Duration(r.limit.burst)))
 	}
 
+	// Without a zone, handlers minting for the same workflow share one set
+	// of buckets: it is the same bill.
 	r.zoneKey = "workflow:" + workflowID
 	if rl.Zone != "" {
 		r.zoneKey = "zone:" + rl.Zone
@@ -273,7 +275,7 @@ func (r *rateLimiter) clientKey(req *http.Request, repl *caddy.Replacer) bucketK
 // returns false after answering 429.
 func (h *Handler) admit(x *exchange) bool {
 	r := h.limiter
-	if r == nil || r.policy == "" {
+	if r.policy == "" {
 		return true
 	}
 	d := r.zone.buckets.allow(r.clientKey(x.r, x.repl), r.limit, h.now().UnixNano())
@@ -303,7 +305,7 @@ func rateLimitHeader(d decision) string {
 // when it is exhausted.
 func (h *Handler) spendBudget(x *exchange) bool {
 	r := h.limiter
-	if r == nil || r.budget == nil {
+	if r.budget == nil {
 		return true
 	}
 	now := h.now().UnixNano()
@@ -317,6 +319,7 @@ func (h *Handler) spendBudget(x *exchange) bool {
 		h.logger.Warn("site-wide session budget exhausted: refusing new ChatKit sessions until it refills",
 			zap.Int("budget_sessions", r.budget.burst), zap.Duration("retry_after", wait))
 	}
+	budgetExhausted.WithLabelValues(r.zoneKey).Inc()
 	secs := retryAfterSeconds(wait)
 	x.w.Header().Set("Retry-After", secs)
 	x.fail(http.StatusServiceUnavailable, "budget_exhausted", "the site's chat budget is used up, retry in "+secs+"s", outcomeBudgetExhausted)

@@ -174,6 +174,7 @@ func demoCaddyfile(host, port, storageDir, pageRoot, chatkit string) string {
 	return fmt.Sprintf(`{
 	admin off
 	persist_config off
+	grace_period 2s
 	storage file_system %s
 }
 

@@ -1,0 +1,171 @@
+package chatkit
+
+import (
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// Breaker and error-cache defaults.
+const (
+	defaultBreakerFailures = 5
+	defaultBreakerCooldown = 30 * time.Second
+	defaultErrorCache      = 10 * time.Second
+	maxErrorCache          = 30 * time.Second
+)
+
+// CircuitBreaker stops calling OpenAI for a while after a run of failures,
+// so a site answers at once instead of piling up waiting requests.
+type CircuitBreaker struct {
+	// Turns the breaker off.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// Consecutive upstream failures (5xx, timeouts, connection errors, unusable
+	// answers; never client errors) that open the breaker. Default: 5.
+	Failures int `json:"failures,omitempty"`
+
+	// How long the breaker stays open before one probe request is let
+	// through. Default: 30s.
+	Cooldown caddy.Duration `json:"cooldown,omitempty"`
+}
+
+// upstreamGuard protects OpenAI and the site from each other: a circuit
+// breaker for outages, and a short cache of configuration errors (bad key,
+// unknown workflow) so a misconfigured site does not call OpenAI on every
+// page view.
+type upstreamGuard struct {
+	threshold  int // 0: breaker disabled
+	cooldown   time.Duration
+	errorTTL   time.Duration // 0: configuration errors are not cached
+	onOpen     func()
+	onClose    func()
+	mu         sync.Mutex
+	failures   int
+	openUntil  time.Time
+	probing    bool
+	cached     *upstreamError
+	cachedTill time.Time
+	// configError is set while the last answer was an auth or workflow
+	// error; health reports "degraded" then.
+	configError bool
+}
+
+// check says whether a call may go ahead. When it may not, it returns the
+// cached configuration error to answer with, or how long the open breaker
+// still refuses.
+func (g *upstreamGuard) check(now time.Time) (cached *upstreamError, breakerWait time.Duration, probe bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cached != nil {
+		if now.Before(g.cachedTill) {
+			return g.cached, 0, false
+		}
+		g.cached = nil
+	}
+	if g.threshold == 0 || g.openUntil.IsZero() {
+		return nil, 0, false
+	}
+	if now.Before(g.openUntil) {
+		return nil, g.openUntil.Sub(now), false
+	}
+	// Half-open: exactly one probe at a time.
+	if g.probing {
+		return nil, time.Second, false
+	}
+	g.probing = true
+	return nil, 0, true
+}
+
+// record updates the guard with a call's result. Canceled calls (the
+// browser left) say nothing about OpenAI and are ignored.
+func (g *upstreamGuard) record(uerr *upstreamError, probe bool, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if probe {
+		g.probing = false
+	}
+	if uerr != nil && uerr.failure == failCanceled {
+		return
+	}
+	if uerr == nil || !countsAgainstUpstream(uerr.failure) {
+		// OpenAI answered: the service is up.
+		if !g.openUntil.IsZero() && g.onClose != nil {
+			g.onClose()
+		}
+		g.failures, g.openUntil = 0, time.Time{}
+		g.configError = uerr != nil && isConfigError(uerr.failure)
+		if g.configError && g.errorTTL > 0 {
+			g.cached, g.cachedTill = uerr, now.Add(g.errorTTL)
+		}
+		return
+	}
+	g.failures++
+	if g.threshold > 0 && (probe || g.failures >= g.threshold) {
+		if g.openUntil.IsZero() && g.onOpen != nil {
+			g.onOpen()
+		}
+		g.openUntil = now.Add(g.cooldown)
+	}
+}
+
+// degraded reports whether health should say "degraded".
+func (g *upstreamGuard) degraded(now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.configError || (!g.openUntil.IsZero() && now.Before(g.openUntil))
+}
+
+func countsAgainstUpstream(f upstreamFailure) bool {
+	switch f {
+	case failNetwork, failTimeout, failServer, failInvalidResponse:
+		return true
+	}
+	return false
+}
+
+func isConfigError(f upstreamFailure) bool {
+	return f == failAuth || f == failNotFound
+}
+
+func (h *Handler) newUpstreamGuard() *upstreamGuard {
+	g := &upstreamGuard{
+		threshold: defaultBreakerFailures,
+		cooldown:  defaultBreakerCooldown,
+		errorTTL:  defaultErrorCache,
+	}
+	if cb := h.CircuitBreaker; cb != nil {
+		if cb.Disabled {
+			g.threshold = 0
+		} else {
+			g.threshold = cmpOrInt(cb.Failures, g.threshold)
+			if cb.Cooldown > 0 {
+				g.cooldown = time.Duration(cb.Cooldown)
+			}
+		}
+	}
+	if h.ErrorCache != nil {
+		g.errorTTL = time.Duration(*h.ErrorCache)
+	}
+	gauge := breakerOpen.WithLabelValues(h.workflowID)
+	g.onOpen = func() {
+		gauge.Set(1)
+		h.logger.Warn("circuit breaker opened: OpenAI keeps failing, answering 503 until a probe succeeds",
+			zap.Duration("cooldown", g.cooldown))
+	}
+	g.onClose = func() {
+		gauge.Set(0)
+		h.logger.Info("circuit breaker closed: OpenAI answers again")
+	}
+	return g
+}
+
+// release ends a probe that never reached OpenAI.
+func (g *upstreamGuard) release(probe bool) {
+	if probe {
+		g.mu.Lock()
+		g.probing = false
+		g.mu.Unlock()
+	}
+}

@@ -1,0 +1,97 @@
+package chatkit
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Upstream operations, as metric labels.
+const (
+	operationCreate = "create_session"
+	operationCancel = "cancel_session"
+)
+
+// Collectors are created once and registered with every config's registry
+// (Caddy makes a new one per load), so counts survive reloads. No label
+// carries a client IP or a user id.
+var (
+	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "requests_total",
+		Help: "Requests answered by the chatkit handler, by endpoint and outcome.",
+	}, []string{"endpoint", "outcome"})
+
+	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "upstream_duration_seconds",
+		Help:    "Duration of each attempt at an OpenAI call, by operation and status class.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2, 4, 8, 16},
+	}, []string{"operation", "status_class"})
+
+	upstreamRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "upstream_retries_total",
+		Help: "Retried OpenAI calls, by operation.",
+	}, []string{"operation"})
+
+	breakerOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "circuit_breaker_open",
+		Help: "1 while the circuit breaker in front of OpenAI is open, by workflow.",
+	}, []string{"workflow"})
+
+	budgetExhausted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "budget_exhausted_total",
+		Help: "Sessions refused because the site-wide budget was used up, by zone.",
+	}, []string{"zone"})
+
+	liveKeysDesc = prometheus.NewDesc("caddy_chatkit_ratelimit_keys",
+		"Rate-limit buckets held in memory, by zone.", []string{"zone"}, nil)
+)
+
+// liveKeysCollector reports each pooled zone's bucket count when scraped,
+// so nothing has to be updated on the request path.
+type liveKeysCollector struct{}
+
+func (liveKeysCollector) Describe(ch chan<- *prometheus.Desc) { ch <- liveKeysDesc }
+
+func (liveKeysCollector) Collect(ch chan<- prometheus.Metric) {
+	zones.Range(func(key, value any) bool {
+		z := value.(*limiterZone)
+		ch <- prometheus.MustNewConstMetric(liveKeysDesc, prometheus.GaugeValue, float64(z.buckets.len()), key.(string))
+		return true
+	})
+}
+
+// registerMetrics adds the collectors to a config's registry.
+func registerMetrics(registry prometheus.Registerer) error {
+	if registry == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{requestsTotal, upstreamDuration, upstreamRetries, breakerOpen, budgetExhausted, liveKeysCollector{}} {
+		if err := registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// observeUpstream records one attempt.
+func observeUpstream(operation string, status int, uerr *upstreamError, d time.Duration) {
+	upstreamDuration.WithLabelValues(operation, statusClass(status, uerr)).Observe(d.Seconds())
+}
+
+func statusClass(status int, uerr *upstreamError) string {
+	if status == 0 {
+		if uerr != nil && uerr.failure == failTimeout {
+			return "timeout"
+		}
+		if uerr != nil && uerr.failure == failCanceled {
+			return "canceled"
+		}
+		return "error"
+	}
+	return strconv.Itoa(status/100) + "xx"
+}

@@ -1,0 +1,276 @@
+package chatkit
+
+import (
+	"bufio"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
+)
+
+// assertNoLeakedGoroutines fails if, after a short grace period for
+// goroutines that are already finishing, any goroutine is still running
+// the module's upstream code or a fake handler.
+func assertNoLeakedGoroutines(t *testing.T) {
+	t.Helper()
+	suspects := []string{"caddy-chatkit.(*upstreamClient)", "caddy-chatkit.(*Handler).revokeInBackground", "fakeopenai.(*Server)"}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		var leaked []string
+		for _, g := range strings.Split(stacks, "\n\n") {
+			for _, s := range suspects {
+				if strings.Contains(g, s) {
+					leaked = append(leaked, g)
+					break
+				}
+			}
+		}
+		if len(leaked) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines outlived the test:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRetryThenSuccess(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "timeout 5s", "")
+	c := client(t)
+
+	fake.Inject(fakeopenai.Fault{Status: 500})
+	expectSecret(t, do(t, c, "POST", "/api/chatkit/start", ""), fake)
+	if n := fake.CreateCount(); n != 2 {
+		t.Fatalf("500 then success: %d upstream calls, want 2", n)
+	}
+
+	// A reset connection is retried too.
+	fake.Reset()
+	fake.Inject(fakeopenai.Fault{Kind: fakeopenai.FaultReset})
+	expectSecret(t, do(t, c, "POST", "/api/chatkit/start", ""), fake)
+	if n := fake.CreateCount(); n != 2 {
+		t.Fatalf("reset then success: %d upstream calls, want 2", n)
+	}
+
+	// 429 with a Retry-After that fits in the deadline: waited out, then 200.
+	fake.Reset()
+	fake.Inject(fakeopenai.Fault{Status: 429, Header: map[string]string{"Retry-After": "1"}})
+	started := time.Now()
+	expectSecret(t, do(t, c, "POST", "/api/chatkit/start", ""), fake)
+	if elapsed := time.Since(started); elapsed < 900*time.Millisecond {
+		t.Fatalf("Retry-After 1 was not obeyed: retried after %s", elapsed)
+	}
+
+	// Retries stop at `retries` (default 2): three attempts, then 502.
+	fake.Reset()
+	fake.Inject(fakeopenai.Fault{Status: 503, Times: 3})
+	expectError(t, do(t, c, "POST", "/api/chatkit/start", ""), http.StatusBadGateway, "upstream_error")
+	if n := fake.CreateCount(); n != 3 {
+		t.Fatalf("%d upstream calls, want 3", n)
+	}
+	assertNoLeakedGoroutines(t)
+}
+
+func TestNoRetryWhenOpenAISaysNo(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "timeout 5s\n\t\terror_cache off", "")
+	c := client(t)
+	cases := []struct {
+		fault fakeopenai.Fault
+		code  string
+	}{
+		{fakeopenai.Fault{Status: 400}, "upstream_rejected"},
+		{fakeopenai.Fault{Status: 401}, "upstream_auth_failed"},
+		{fakeopenai.Fault{Status: 403}, "upstream_auth_failed"},
+		{fakeopenai.Fault{Status: 404}, "workflow_not_found"},
+		{fakeopenai.Fault{Status: 500, Header: map[string]string{"x-should-retry": "false"}}, "upstream_error"},
+		{fakeopenai.Fault{Kind: fakeopenai.FaultMalformedJSON}, "upstream_invalid_response"},
+	}
+	for _, tc := range cases {
+		fake.Reset()
+		fake.Inject(tc.fault)
+		expectError(t, do(t, c, "POST", "/api/chatkit/start", ""), http.StatusBadGateway, tc.code)
+		if n := fake.CreateCount(); n != 1 {
+			t.Fatalf("%+v was retried: %d calls", tc.fault, n)
+		}
+	}
+	// x-should-retry: true makes a 409 retried.
+	fake.Reset()
+	fake.Inject(fakeopenai.Fault{Status: 409, Header: map[string]string{"x-should-retry": "true"}})
+	expectSecret(t, do(t, c, "POST", "/api/chatkit/start", ""), fake)
+	if n := fake.CreateCount(); n != 2 {
+		t.Fatalf("409 with x-should-retry true: %d calls, want 2", n)
+	}
+}
+
+func TestRetryAfterBeyondDeadlineAnswers503(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "timeout 2s", "")
+	fake.Inject(fakeopenai.Fault{Status: 429, Header: map[string]string{"Retry-After": "30"}})
+	started := time.Now()
+	r := do(t, client(t), "POST", "/api/chatkit/start", "")
+	expectError(t, r, http.StatusServiceUnavailable, "upstream_rate_limited")
+	if r.header.Get("Retry-After") != "30" {
+		t.Fatalf("Retry-After = %q, want OpenAI's 30", r.header.Get("Retry-After"))
+	}
+	if elapsed := time.Since(started); elapsed > time.Second || fake.CreateCount() != 1 {
+		t.Fatalf("waited %s and made %d calls; want an immediate answer", elapsed, fake.CreateCount())
+	}
+}
+
+func TestDeadlineBoundsEveryFault(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "timeout 600ms", "")
+	c := client(t)
+	for _, f := range []fakeopenai.Fault{
+		{Kind: fakeopenai.FaultHangMidBody, Times: 5},
+		{Delay: 5 * time.Second, Times: 5},
+		{Status: 500, Delay: 300 * time.Millisecond, Times: 5},
+	} {
+		fake.Reset()
+		fake.Inject(f)
+		started := time.Now()
+		r := do(t, c, "POST", "/api/chatkit/start", "")
+		if elapsed := time.Since(started); elapsed > 1500*time.Millisecond {
+			t.Fatalf("%+v held the request %s past a 600ms timeout", f, elapsed)
+		}
+		if r.status != http.StatusGatewayTimeout && r.status != http.StatusBadGateway {
+			t.Fatalf("%+v: status %d", f, r.status)
+		}
+	}
+	assertNoLeakedGoroutines(t)
+}
+
+func TestAuthErrorsAreCached(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "error_cache 30s", "")
+	c := client(t)
+	fake.Inject(fakeopenai.Fault{Status: 404})
+	first := do(t, c, "POST", "/api/chatkit/start", "")
+	expectError(t, first, http.StatusBadGateway, "workflow_not_found")
+	for i := 0; i < 5; i++ {
+		again := do(t, c, "POST", "/api/chatkit/start", "")
+		expectError(t, again, http.StatusBadGateway, "workflow_not_found")
+	}
+	if n := fake.CreateCount(); n != 1 {
+		t.Fatalf("cached 404 still called OpenAI: %d calls", n)
+	}
+	h := do(t, c, "GET", "/api/health", "")
+	if h.json["status"] != "degraded" || h.status != 200 {
+		t.Fatalf("health after a workflow 404 = %d %s", h.status, h.body)
+	}
+}
+
+func TestCircuitBreakerOpensAndAnswersFast(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "retries 0\n\t\tcircuit_breaker 3 1m", "")
+	c := client(t)
+	fake.Inject(fakeopenai.Fault{Status: 500, Times: 3})
+	for i := 0; i < 3; i++ {
+		expectError(t, do(t, c, "POST", "/api/chatkit/start", ""), http.StatusBadGateway, "upstream_error")
+	}
+	r := do(t, c, "POST", "/api/chatkit/start", "")
+	expectError(t, r, http.StatusServiceUnavailable, "circuit_open")
+	wait, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if err != nil || wait < 1 || wait > 60 {
+		t.Fatalf("circuit_open Retry-After = %q", r.header.Get("Retry-After"))
+	}
+	if n := fake.CreateCount(); n != 3 {
+		t.Fatalf("open breaker called OpenAI: %d calls", n)
+	}
+	if h := do(t, c, "GET", "/api/health", ""); h.json["status"] != "degraded" {
+		t.Fatalf("health with an open breaker = %s", h.body)
+	}
+}
+
+func TestRevokeOnRefresh(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "revoke_on_refresh on", "")
+	alice := client(t)
+	first := expectSecret(t, do(t, alice, "POST", "/api/chatkit/start", ""), fake)
+	firstID := fake.Sessions()[0].ID
+
+	// Another visitor presenting alice's secret cancels nothing.
+	expectSecret(t, do(t, client(t), "POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+first+`"}`), fake)
+	// A secret this server never issued cancels nothing either.
+	expectSecret(t, do(t, alice, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"ek_not_ours"}`), fake)
+
+	expectSecret(t, do(t, alice, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+first+`"}`), fake)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var cancels []string
+		for _, rq := range fake.Requests() {
+			if strings.HasSuffix(rq.Path, "/cancel") {
+				cancels = append(cancels, rq.Path)
+			}
+		}
+		if len(cancels) == 1 {
+			if !strings.Contains(cancels[0], firstID) {
+				t.Fatalf("cancelled %s, want %s", cancels[0], firstID)
+			}
+			break
+		}
+		if len(cancels) > 1 || time.Now().After(deadline) {
+			t.Fatalf("cancel calls = %v, want exactly one for %s", cancels, firstID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if fake.Sessions()[0].Status != "cancelled" {
+		t.Fatalf("session status = %s", fake.Sessions()[0].Status)
+	}
+
+	// A failing cancel (the fake forgot the session) never fails a refresh.
+	second := expectSecret(t, do(t, alice, "POST", "/api/chatkit/start", ""), fake)
+	fake.Reset()
+	expectSecret(t, do(t, alice, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+second+`"}`), fake)
+	assertNoLeakedGoroutines(t)
+}
+
+// scrapeCounter reads one sample from the admin metrics endpoint.
+func scrapeCounter(t *testing.T, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://localhost:2999/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			v, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+func TestMetricsSurviveReload(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "", "")
+	series := `caddy_chatkit_requests_total{endpoint="start",outcome="success"}`
+	before := scrapeCounter(t, series)
+	expectSecret(t, do(t, client(t), "POST", "/api/chatkit/start", ""), fake)
+	if got := scrapeCounter(t, series); got != before+1 {
+		t.Fatalf("%s = %v, want %v", series, got, before+1)
+	}
+	startSite(t, fake, "", "session_ttl 3m", "")
+	expectSecret(t, do(t, client(t), "POST", "/api/chatkit/start", ""), fake)
+	if got := scrapeCounter(t, series); got != before+2 {
+		t.Fatalf("after a reload %s = %v, want %v", series, got, before+2)
+	}
+	if scrapeCounter(t, `caddy_chatkit_upstream_duration_seconds_count{operation="create_session",status_class="2xx"}`) < 2 {
+		t.Fatal("upstream latency histogram not exported")
+	}
+}

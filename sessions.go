@@ -1,0 +1,118 @@
+package chatkit
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// maxRegisteredSessions bounds the revoke registry. Entries expire with
+// their sessions (10 minutes at most), so this is far above what a site
+// mints in that time under its own rate limits.
+const maxRegisteredSessions = 200_000
+
+// secretDigest identifies a client secret without keeping it.
+type secretDigest [sha256.Size]byte
+
+func digestSecret(secret string) secretDigest { return sha256.Sum256([]byte(secret)) }
+
+// issuedSession is what the registry keeps for a secret this server issued.
+type issuedSession struct {
+	sessionID string
+	user      string
+	expiresAt int64 // Unix seconds
+}
+
+// sessionRegistry remembers which session each issued secret belongs to,
+// so a refresh can cancel the session it replaces. It stores a hash of the
+// secret, never the secret.
+type sessionRegistry struct {
+	mu      sync.Mutex
+	entries map[secretDigest]issuedSession
+	limit   int
+}
+
+func newSessionRegistry(limit int) *sessionRegistry {
+	return &sessionRegistry{entries: make(map[secretDigest]issuedSession), limit: limit}
+}
+
+func (s *sessionRegistry) remember(secret string, sess issuedSession, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.entries) >= s.limit {
+		s.forgetExpiredLocked(now.Unix())
+	}
+	if len(s.entries) >= s.limit {
+		// Still full of live sessions: drop an arbitrary one. Losing an
+		// entry only means that session is not cancelled early.
+		for k := range s.entries {
+			delete(s.entries, k)
+			break
+		}
+	}
+	s.entries[digestSecret(secret)] = sess
+}
+
+// take removes and returns the entry for secret when it belongs to user and
+// has not expired.
+func (s *sessionRegistry) take(secret, user string, now time.Time) (issuedSession, bool) {
+	d := digestSecret(secret)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.entries[d]
+	if !ok || sess.user != user {
+		return issuedSession{}, false
+	}
+	delete(s.entries, d)
+	if sess.expiresAt <= now.Unix() {
+		return issuedSession{}, false
+	}
+	return sess, true
+}
+
+func (s *sessionRegistry) forgetExpired(now time.Time) {
+	s.mu.Lock()
+	s.forgetExpiredLocked(now.Unix())
+	s.mu.Unlock()
+}
+
+func (s *sessionRegistry) forgetExpiredLocked(now int64) {
+	for k, v := range s.entries {
+		if v.expiresAt <= now {
+			delete(s.entries, k)
+		}
+	}
+}
+
+func (s *sessionRegistry) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.entries)
+}
+
+// revokeInBackground cancels a replaced session upstream without making the
+// refresh wait for it or fail because of it.
+func (h *Handler) revokeInBackground(sess issuedSession, requestID string) {
+	h.background.Add(1)
+	go func() {
+		defer h.background.Done()
+		ctx, cancel := context.WithTimeout(h.backgroundCtx, h.timeout)
+		defer cancel()
+		call, uerr := h.upstream.cancelSession(ctx, sess.sessionID)
+		fields := []zap.Field{
+			zap.String("request_id", requestID),
+			zap.String("session_id", sess.sessionID),
+			zap.Int("upstream_status", call.status),
+			zap.String("openai_request_id", call.requestID),
+			zap.Duration("upstream_duration", call.duration),
+		}
+		if uerr != nil {
+			h.logger.Warn("could not cancel the replaced session", append(fields, zap.NamedError("cause", uerr))...)
+			return
+		}
+		h.logger.Info("cancelled the replaced session", fields...)
+	}()
+}
