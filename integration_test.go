@@ -471,6 +471,7 @@ func TestUpstreamFaultsMapToDocumentedAnswers(t *testing.T) {
 	}
 	// After the faults the same site works again.
 	expectSecret(t, do(t, c, "POST", "/api/chatkit/start", ""), fake)
+	assertNoLeakedGoroutines(t)
 }
 
 func TestUpstreamUnreachable(t *testing.T) {
@@ -484,6 +485,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 	tester.InitServer(caddyConfig("", "api_base "+closed+"\n\t\tapi_key sk-x\n\t\tworkflow wf_test\n\t\trate_limit off", ""), "caddyfile")
 	r := do(t, client(t), "POST", "/api/chatkit/start", "")
 	expectError(t, r, http.StatusBadGateway, "upstream_unreachable")
+	assertNoLeakedGoroutines(t)
 }
 
 func TestForwardedHeadersOnlyFromTrustedProxies(t *testing.T) {

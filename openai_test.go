@@ -109,6 +109,7 @@ func TestNoRetryWhenOpenAISaysNo(t *testing.T) {
 	if n := fake.CreateCount(); n != 2 {
 		t.Fatalf("409 with x-should-retry true: %d calls, want 2", n)
 	}
+	assertNoLeakedGoroutines(t)
 }
 
 func TestRetryAfterBeyondDeadlineAnswers503(t *testing.T) {
@@ -124,6 +125,7 @@ func TestRetryAfterBeyondDeadlineAnswers503(t *testing.T) {
 	if elapsed := time.Since(started); elapsed > time.Second || fake.CreateCount() != 1 {
 		t.Fatalf("waited %s and made %d calls; want an immediate answer", elapsed, fake.CreateCount())
 	}
+	assertNoLeakedGoroutines(t)
 }
 
 func TestDeadlineBoundsEveryFault(t *testing.T) {
@@ -167,6 +169,7 @@ func TestAuthErrorsAreCached(t *testing.T) {
 	if h.json["status"] != "degraded" || h.status != 200 {
 		t.Fatalf("health after a workflow 404 = %d %s", h.status, h.body)
 	}
+	assertNoLeakedGoroutines(t)
 }
 
 func TestCircuitBreakerOpensAndAnswersFast(t *testing.T) {
@@ -189,6 +192,7 @@ func TestCircuitBreakerOpensAndAnswersFast(t *testing.T) {
 	if h := do(t, c, "GET", "/api/health", ""); h.json["status"] != "degraded" {
 		t.Fatalf("health with an open breaker = %s", h.body)
 	}
+	assertNoLeakedGoroutines(t)
 }
 
 func TestRevokeOnRefresh(t *testing.T) {
