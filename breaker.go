@@ -112,6 +112,9 @@ func (g *upstreamGuard) record(uerr *upstreamError, probe bool, now time.Time) {
 
 // degraded reports whether health should say "degraded".
 func (g *upstreamGuard) degraded(now time.Time) bool {
+	if g == nil {
+		return false
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.configError || (!g.openUntil.IsZero() && now.Before(g.openUntil))

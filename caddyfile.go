@@ -74,10 +74,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		circuit_breaker off|<failures> <cooldown>
 //		error_cache off|<duration>
 //		revoke_on_refresh on|off
+//
+//		protect <path>...
+//		identity_header <name>
+//		max_upload <size>
 //	}
 //
-// Only `workflow` is required. `state_variable` and `allow_origins` may be
-// repeated; every other subdirective may appear once. The blocks after
+// `workflow` is required unless `protect` is used. `state_variable`,
+// `allow_origins` and `protect` may be repeated; every other subdirective
+// may appear once. The blocks after
 // `file_upload` and `history` are optional.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -87,7 +92,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "state_variable" && name != "allow_origins" {
+		if seen[name] && name != "state_variable" && name != "allow_origins" && name != "protect" {
 			return d.Errf("duplicate subdirective %q", name)
 		}
 		seen[name] = true
@@ -236,6 +241,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.AllowOrigins = append(h.AllowOrigins, args...)
+		case "protect":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, p := range args {
+				if !strings.HasPrefix(p, "/") {
+					return d.Errf("protect: %q must be a path starting with '/'", p)
+				}
+			}
+			h.Protect = append(h.Protect, args...)
+		case "identity_header":
+			err = singleArg(d, &h.IdentityHeader)
+		case "max_upload":
+			var size string
+			if err = singleArg(d, &size); err == nil {
+				n, sizeErr := humanize.ParseBytes(size)
+				if sizeErr != nil || int64(n) <= 0 {
+					return d.Errf("max_upload: invalid size %q", size)
+				}
+				h.MaxUpload = int64(n)
+			}
 		default:
 			return d.Errf("unrecognized chatkit subdirective %q", name)
 		}
@@ -243,8 +270,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if h.Workflow == nil || h.Workflow.ID == "" {
-		return d.Err("chatkit: the workflow subdirective is required")
+	if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 {
+		return d.Err("chatkit: the workflow subdirective is required (or protect, for a self-hosted ChatKit server)")
 	}
 	return nil
 }

@@ -639,6 +639,9 @@ var cfSubdirectiveSamples = map[string]string{
 	"circuit_breaker":         "circuit_breaker 5 30s",
 	"error_cache":             "error_cache 5s",
 	"revoke_on_refresh":       "revoke_on_refresh on",
+	"protect":                 "protect /chatkit /chatkit-upload",
+	"identity_header":         "identity_header X-User-Id",
+	"max_upload":              "max_upload 5MB",
 }
 
 // cfRepeatable are the subdirectives that may appear more than once.

@@ -195,6 +195,10 @@ func (p *originPolicy) judge(r *http.Request, scheme string) originVerdict {
 // setCORS adds the headers every answer to an allowed origin carries.
 func setCORS(h http.Header, v originVerdict) {
 	h.Add("Vary", "Origin")
+	setCORSValues(h, v)
+}
+
+func setCORSValues(h http.Header, v originVerdict) {
 	if !v.cors {
 		return
 	}

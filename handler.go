@@ -35,6 +35,7 @@ const (
 	endpointStart
 	endpointRefresh
 	endpointHealth
+	endpointProtected
 )
 
 func (e endpoint) String() string {
@@ -45,6 +46,8 @@ func (e endpoint) String() string {
 		return "refresh"
 	case endpointHealth:
 		return "health"
+	case endpointProtected:
+		return "protect"
 	}
 	return "none"
 }
@@ -62,6 +65,8 @@ const (
 	outcomeRateLimited      = "rate_limited"
 	outcomeBudgetExhausted  = "budget_exhausted"
 	outcomeCircuitOpen      = "circuit_open"
+	outcomeProxied          = "proxied"
+	outcomeBackendError     = "backend_error"
 	outcomeUpstreamError    = "upstream_error"
 	outcomeUpstreamTimeout  = "upstream_timeout"
 	outcomeClientClosed     = "client_closed"
@@ -78,6 +83,7 @@ type exchange struct {
 	started   time.Time
 	verdict   originVerdict
 
+	requestType string // ChatKit request type on protected paths
 	outcome     string
 	status      int
 	user        string
@@ -91,7 +97,14 @@ type exchange struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	ep := h.route(r.URL.Path)
 	if ep == endpointNone {
-		return next.ServeHTTP(w, r)
+		if !h.protected.match(r) {
+			if h.identityHeader != "" {
+				// Only the module may speak for the user, on any path.
+				r.Header.Del(h.identityHeader)
+			}
+			return next.ServeHTTP(w, r)
+		}
+		ep = endpointProtected
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
@@ -101,16 +114,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	x.requestID, _ = repl.GetString("http.request.uuid")
 	w.Header().Set(requestIDHeader, x.requestID)
 
-	if ep == endpointHealth {
+	var err error
+	switch ep {
+	case endpointHealth:
 		h.serveHealth(x)
-	} else {
+	case endpointProtected:
+		err = h.serveProtected(x, next)
+	default:
 		h.serveMint(x)
 	}
 	h.finish(x)
-	return nil
+	return err
 }
 
 func (h *Handler) route(path string) endpoint {
+	if !h.minting {
+		if path != "" && path == h.healthPath {
+			return endpointHealth
+		}
+		return endpointNone
+	}
 	switch path {
 	case h.startPath:
 		return endpointStart
@@ -439,6 +462,9 @@ func userHash(user string) string {
 func (h *Handler) finish(x *exchange) {
 	hash := userHash(x.user)
 	requestsTotal.WithLabelValues(x.endpoint.String(), x.outcome).Inc()
+	if x.endpoint == endpointProtected && x.requestType != "" {
+		protectedRequests.WithLabelValues(x.requestType, x.outcome).Inc()
+	}
 	x.repl.Set("http.chatkit.outcome", x.outcome)
 	x.repl.Set("http.chatkit.session_id", x.sessionID)
 	x.repl.Set("http.chatkit.user_hash", hash)
@@ -475,6 +501,9 @@ func (h *Handler) finish(x *exchange) {
 	}
 	if x.sessionID != "" {
 		fields = append(fields, zap.String("session_id", x.sessionID))
+	}
+	if x.requestType != "" {
+		fields = append(fields, zap.String("chatkit_type", x.requestType))
 	}
 	if hash != "" {
 		fields = append(fields, zap.String("user_hash", hash))

@@ -38,7 +38,9 @@ http://localhost:9080 {
 		%s
 	}
 	%s
-	respond "the next handler" 200
+	handle {
+		respond "the next handler" 200
+	}
 }
 `, globalExtra, chatkitBlock, siteExtra)
 }
@@ -52,8 +54,14 @@ func startSite(t *testing.T, fake *fakeopenai.Server, globalExtra, chatkitExtra,
 		chatkitExtra += "\n\t\trate_limit off"
 	}
 	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\t%s", fake.URL(), fakeopenai.DefaultAPIKey, chatkitExtra)
+	return newTester(t, caddyConfig(globalExtra, block, siteExtra))
+}
+
+// newTester loads a Caddyfile into the test binary's Caddy.
+func newTester(t *testing.T, config string) *caddytest.Tester {
+	t.Helper()
 	tester := caddytest.NewTester(t)
-	tester.InitServer(caddyConfig(globalExtra, block, siteExtra), "caddyfile")
+	tester.InitServer(config, "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -481,8 +489,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 	}
 	closed := "http://" + ln.Addr().String() + "/v1"
 	ln.Close()
-	tester := caddytest.NewTester(t)
-	tester.InitServer(caddyConfig("", "api_base "+closed+"\n\t\tapi_key sk-x\n\t\tworkflow wf_test\n\t\trate_limit off", ""), "caddyfile")
+	newTester(t, caddyConfig("", "api_base "+closed+"\n\t\tapi_key sk-x\n\t\tworkflow wf_test\n\t\trate_limit off", ""))
 	r := do(t, client(t), "POST", "/api/chatkit/start", "")
 	expectError(t, r, http.StatusBadGateway, "upstream_unreachable")
 	assertNoLeakedGoroutines(t)

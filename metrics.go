@@ -23,6 +23,11 @@ var (
 		Help: "Requests answered by the chatkit handler, by endpoint and outcome.",
 	}, []string{"endpoint", "outcome"})
 
+	protectedRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "protected_requests_total",
+		Help: "Requests to protected (self-hosted ChatKit) paths, by ChatKit request type and outcome.",
+	}, []string{"type", "outcome"})
+
 	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "chatkit", Name: "upstream_duration_seconds",
 		Help:    "Duration of each attempt at an OpenAI call, by operation and status class.",
@@ -67,7 +72,7 @@ func registerMetrics(registry prometheus.Registerer) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, upstreamDuration, upstreamRetries, breakerOpen, budgetExhausted, liveKeysCollector{}} {
+	for _, c := range []prometheus.Collector{requestsTotal, protectedRequests, upstreamDuration, upstreamRetries, breakerOpen, budgetExhausted, liveKeysCollector{}} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -98,9 +99,24 @@ type Handler struct {
 	// Deadline for the whole upstream call. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	// Largest request body accepted on the start and refresh paths, in
-	// bytes. Default: 8 KiB.
+	// Largest request body accepted, in bytes. Default: 8 KiB on the start
+	// and refresh paths, 1 MiB for ChatKit requests on protected paths.
 	MaxBody int64 `json:"max_body,omitempty"`
+
+	// Path prefixes of a self-hosted ChatKit server behind this Caddy
+	// (e.g. `/chatkit`, matched like `reverse_proxy /chatkit*`). Requests
+	// there get the same origin rules, limits and user identity as the
+	// minting endpoints, then go to the next handler with the user in the
+	// identity header. With protect, workflow is optional.
+	Protect []string `json:"protect,omitempty"`
+
+	// Request header that carries the user id to the self-hosted server.
+	// Client-sent copies are always removed. Default: `X-ChatKit-User`.
+	IdentityHeader string `json:"identity_header,omitempty"`
+
+	// Largest attachment upload (multipart body) on protected paths, in
+	// bytes. Default: 20 MiB.
+	MaxUpload int64 `json:"max_upload,omitempty"`
 
 	// Browser origins, besides the site's own, that may call the start and
 	// refresh endpoints with credentials: exact `scheme://host[:port]`
@@ -131,24 +147,29 @@ type Handler struct {
 	// presented secret is one this server issued to the same user.
 	RevokeOnRefresh bool `json:"revoke_on_refresh,omitempty"`
 
-	apiKey         string
-	workflowID     string
-	origins        originPolicy
-	limiter        *rateLimiter
-	guard          *upstreamGuard
-	now            func() time.Time
-	background     *sync.WaitGroup
-	backgroundCtx  context.Context
-	stopBackground context.CancelFunc
-	startPath      string
-	refreshPath    string
-	healthPath     string
-	timeout        time.Duration
-	maxBody        int64
-	sessionBody    sessionBodyTemplate
-	upstream       *upstreamClient
-	identity       *identitySource
-	logger         *zap.Logger
+	apiKey           string
+	workflowID       string
+	minting          bool
+	protected        protectedPaths
+	identityHeader   string
+	protectedMaxBody int64
+	maxUpload        int64
+	origins          originPolicy
+	limiter          *rateLimiter
+	guard            *upstreamGuard
+	now              func() time.Time
+	background       *sync.WaitGroup
+	backgroundCtx    context.Context
+	stopBackground   context.CancelFunc
+	startPath        string
+	refreshPath      string
+	healthPath       string
+	timeout          time.Duration
+	maxBody          int64
+	sessionBody      sessionBodyTemplate
+	upstream         *upstreamClient
+	identity         *identitySource
+	logger           *zap.Logger
 }
 
 // Workflow names the Agent Builder workflow sessions run.
@@ -244,19 +265,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.background = new(sync.WaitGroup)
 	repl := caddy.NewReplacer()
 
-	keyTemplate := h.APIKey
-	if keyTemplate == "" {
-		keyTemplate = defaultAPIKey
-	}
-	h.apiKey = strings.TrimSpace(repl.ReplaceAll(keyTemplate, ""))
-	if h.apiKey == "" {
-		// Name the source, never the value.
-		if h.APIKey == "" {
-			return errors.New("chatkit: no OpenAI API key: set OPENAI_API_KEY in Caddy's environment or configure api_key")
-		}
-		return errors.New("chatkit: api_key resolved to an empty value (check the environment variable or file it names)")
-	}
-
 	h.startPath = cmp.Or(h.StartPath, defaultStartPath)
 	h.refreshPath = cmp.Or(h.RefreshPath, defaultRefreshPath)
 	h.healthPath = cmp.Or(h.HealthPath, defaultHealthPath)
@@ -267,48 +275,37 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.timeout == 0 {
 		h.timeout = defaultTimeout
 	}
-	h.maxBody = h.MaxBody
-	if h.maxBody == 0 {
-		h.maxBody = defaultMaxBody
+	h.maxBody = cmp.Or(h.MaxBody, defaultMaxBody)
+	// ChatKit messages are larger than start/refresh bodies: protected
+	// paths get their own default unless max_body is set.
+	h.protectedMaxBody = cmp.Or(h.MaxBody, defaultProtectedMaxBody)
+	h.maxUpload = cmp.Or(h.MaxUpload, defaultMaxUpload)
+	h.identityHeader = ""
+	if len(h.Protect) > 0 {
+		h.identityHeader = http.CanonicalHeaderKey(cmp.Or(h.IdentityHeader, defaultIdentityHeader))
 	}
-
-	if h.Workflow == nil {
-		return errors.New("chatkit: workflow is required")
-	}
-	workflowID := strings.TrimSpace(repl.ReplaceAll(h.Workflow.ID, ""))
-	workflowVersion := strings.TrimSpace(repl.ReplaceAll(h.Workflow.Version, ""))
-	if workflowID == "" {
-		return fmt.Errorf("chatkit: workflow id %q resolved to an empty value", h.Workflow.ID)
-	}
-	if strings.EqualFold(workflowVersion, "latest") {
-		return errors.New(`chatkit: workflow version "latest" breaks chats after they start; pin a version number or omit it to use the deployed one`)
-	}
-	body, err := newSessionBodyTemplate(h, workflowID, workflowVersion)
-	if err != nil {
+	var err error
+	if h.protected, err = newProtectedPaths(ctx, h.Protect); err != nil {
 		return err
 	}
-	h.sessionBody = body
 	if h.origins, err = newOriginPolicy(h.AllowOrigins); err != nil {
 		return err
 	}
-	if err := h.provisionZone(workflowID); err != nil {
+
+	// Minting needs a workflow; a handler that only protects a self-hosted
+	// ChatKit server needs neither a workflow nor an API key.
+	h.minting = h.Workflow != nil || len(h.Protect) == 0
+	zoneKey := "protect:" + strings.Join(h.Protect, ",")
+	if h.minting {
+		if err := h.provisionMinting(repl); err != nil {
+			return err
+		}
+		zoneKey = "workflow:" + h.workflowID
+		h.guard = h.newUpstreamGuard()
+	}
+	if err := h.provisionZone(zoneKey); err != nil {
 		return err
 	}
-
-	apiBase := strings.TrimRight(repl.ReplaceAll(cmp.Or(h.APIBase, defaultAPIBase), ""), "/")
-	retries := 2
-	if h.Retries != nil {
-		retries = *h.Retries
-	}
-	h.upstream = newUpstreamClient(upstreamConfig{
-		apiBase:      apiBase,
-		apiKey:       h.apiKey,
-		organization: repl.ReplaceAll(h.Organization, ""),
-		project:      repl.ReplaceAll(h.Project, ""),
-		retries:      retries,
-	})
-	h.workflowID = workflowID
-	h.guard = h.newUpstreamGuard()
 
 	var storage certmagic.Storage
 	secret := ""
@@ -326,6 +323,50 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// provisionMinting resolves the key and the workflow and builds the
+// upstream client for the start and refresh endpoints.
+func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
+	keyTemplate := cmp.Or(h.APIKey, defaultAPIKey)
+	h.apiKey = strings.TrimSpace(repl.ReplaceAll(keyTemplate, ""))
+	if h.apiKey == "" {
+		// Name the source, never the value.
+		if h.APIKey == "" {
+			return errors.New("chatkit: no OpenAI API key: set OPENAI_API_KEY in Caddy's environment or configure api_key")
+		}
+		return errors.New("chatkit: api_key resolved to an empty value (check the environment variable or file it names)")
+	}
+	if h.Workflow == nil {
+		return errors.New("chatkit: workflow is required (or use protect for a self-hosted ChatKit server)")
+	}
+	h.workflowID = strings.TrimSpace(repl.ReplaceAll(h.Workflow.ID, ""))
+	workflowVersion := strings.TrimSpace(repl.ReplaceAll(h.Workflow.Version, ""))
+	if h.workflowID == "" {
+		return fmt.Errorf("chatkit: workflow id %q resolved to an empty value", h.Workflow.ID)
+	}
+	if strings.EqualFold(workflowVersion, "latest") {
+		return errors.New(`chatkit: workflow version "latest" breaks chats after they start; pin a version number or omit it to use the deployed one`)
+	}
+	body, err := newSessionBodyTemplate(h, h.workflowID, workflowVersion)
+	if err != nil {
+		return err
+	}
+	h.sessionBody = body
+
+	apiBase := strings.TrimRight(repl.ReplaceAll(cmp.Or(h.APIBase, defaultAPIBase), ""), "/")
+	retries := 2
+	if h.Retries != nil {
+		retries = *h.Retries
+	}
+	h.upstream = newUpstreamClient(upstreamConfig{
+		apiBase:      apiBase,
+		apiKey:       h.apiKey,
+		organization: repl.ReplaceAll(h.Organization, ""),
+		project:      repl.ReplaceAll(h.Project, ""),
+		retries:      retries,
+	})
+	return nil
+}
+
 // Validate checks the configuration for values OpenAI or Caddy would refuse.
 func (h *Handler) Validate() error {
 	for name, p := range map[string]string{"start_path": h.startPath, "refresh_path": h.refreshPath} {
@@ -339,9 +380,11 @@ func (h *Handler) Validate() error {
 	if h.startPath == h.refreshPath || h.startPath == h.healthPath || h.refreshPath == h.healthPath {
 		return errors.New("chatkit: start_path, refresh_path and health_path must differ")
 	}
-	u, err := url.Parse(h.upstream.apiBase)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("chatkit: api_base must be an http(s) URL: %q", h.upstream.apiBase)
+	if h.upstream != nil {
+		u, err := url.Parse(h.upstream.apiBase)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("chatkit: api_base must be an http(s) URL: %q", h.upstream.apiBase)
+		}
 	}
 	if ttl := time.Duration(h.SessionTTL); ttl != 0 && (ttl < time.Second || ttl > 10*time.Minute) {
 		return fmt.Errorf("chatkit: session_ttl must be between 1s and 10m, got %s", ttl)
@@ -367,8 +410,13 @@ func (h *Handler) Validate() error {
 	if h.Cookie != nil && h.Cookie.MaxAge < 0 {
 		return errors.New("chatkit: cookie max_age must be positive")
 	}
-	if err := h.Workflow.validate(); err != nil {
-		return err
+	if h.MaxUpload < 0 {
+		return errors.New("chatkit: max_upload must be positive")
+	}
+	if h.Workflow != nil {
+		if err := h.Workflow.validate(); err != nil {
+			return err
+		}
 	}
 	return h.ChatKitConfiguration.validate()
 }

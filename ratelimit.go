@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,8 +20,6 @@ const (
 	defaultBurst      = 10
 	defaultInterval   = time.Second
 	defaultMaxKeys    = 100_000
-	defaultIPv4Prefix = 32
-	defaultIPv6Prefix = 64
 	clientIPKey       = "{client_ip}"
 	// janitorPeriod is how often idle, refilled buckets are dropped. They
 	// carry no state, so this only bounds memory between floods.
@@ -82,18 +79,29 @@ type Budget struct {
 }
 
 // limiterZone is the pooled state of one zone: per-client buckets, the
-// budget and the registry of issued sessions. A janitor it owns stops when the last config using it goes.
+// budget and the registry of issued sessions. A janitor it owns stops when
+// the last config using it goes.
 type limiterZone struct {
-	buckets  *bucketStore
-	budget   budgetBucket
+	buckets *bucketStore
+	// budget is a one-bucket store: the site-wide ceiling is a token bucket
+	// like any client's, under a fixed key.
+	budget         *bucketStore
+	budgetWarnTill atomic.Int64
+	// limit is the per-client limit of the newest config, which the janitor
+	// needs to tell refilled buckets.
+	limit    atomic.Pointer[limit]
 	sessions *sessionRegistry
 	stop     chan struct{}
 	done     chan struct{}
 }
 
+// budgetKey is the budget bucket's key in its own store.
+var budgetKey = bucketKey{}
+
 func newLimiterZone(maxKeys int, now func() time.Time) *limiterZone {
 	z := &limiterZone{
 		buckets:  newBucketStore(maxKeys),
+		budget:   newBucketStore(1),
 		sessions: newSessionRegistry(maxRegisteredSessions),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -112,7 +120,9 @@ func (z *limiterZone) janitor(now func() time.Time) {
 			return
 		case <-ticker.C:
 			t := now()
-			z.buckets.sweep(t.UnixNano())
+			if l := z.limit.Load(); l != nil {
+				z.buckets.sweep(t.UnixNano(), *l)
+			}
 			z.sessions.forgetExpired(t)
 		}
 	}
@@ -123,38 +133,6 @@ func (z *limiterZone) Destruct() error {
 	close(z.stop)
 	<-z.done
 	return nil
-}
-
-// budgetBucket is one shared GCRA bucket.
-type budgetBucket struct {
-	mu         sync.Mutex
-	tat        int64
-	warnedTill atomic.Int64
-}
-
-// take spends one session from the budget, or reports how long until one is
-// available.
-func (b *budgetBucket) take(l limit, now int64) (bool, time.Duration) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	tat, ok, wait := gcraStep(b.tat, l, now)
-	if ok {
-		b.tat = tat
-	}
-	return ok, wait
-}
-
-// gcraStep is the single-bucket GCRA decision used for the budget.
-func gcraStep(tat int64, l limit, now int64) (newTAT int64, allowed bool, wait time.Duration) {
-	t := int64(l.interval)
-	tolerance := t * int64(l.burst-1)
-	if tat < now {
-		tat = now
-	}
-	if tat-now > tolerance {
-		return tat, false, time.Duration(tat - now - tolerance)
-	}
-	return tat + t, true, 0
 }
 
 // rateLimiter is a handler's view of its zone: the limits it applies and
@@ -172,7 +150,7 @@ type rateLimiter struct {
 
 // provisionZone acquires the handler's zone from the pool and sets up the
 // limits it applies there.
-func (h *Handler) provisionZone(workflowID string) error {
+func (h *Handler) provisionZone(defaultZone string) error {
 	rl := h.RateLimit
 	if rl == nil {
 		rl = new(RateLimit)
@@ -213,7 +191,7 @@ func (h *Handler) provisionZone(workflowID string) error {
 
 	// Without a zone, handlers minting for the same workflow share one set
 	// of buckets: it is the same bill.
-	r.zoneKey = "workflow:" + workflowID
+	r.zoneKey = defaultZone
 	if rl.Zone != "" {
 		r.zoneKey = "zone:" + rl.Zone
 	}
@@ -224,8 +202,10 @@ func (h *Handler) provisionZone(workflowID string) error {
 		return err
 	}
 	r.zone = val.(*limiterZone)
-	// The newest config decides the zone's size; a shrink evicts at once.
+	// The newest config decides the zone's size (a shrink evicts at once)
+	// and the limit the janitor sweeps by.
 	r.zone.buckets.setMaxKeys(maxKeys)
+	r.zone.limit.Store(&r.limit)
 	h.limiter = r
 	return nil
 }
@@ -309,13 +289,15 @@ func (h *Handler) spendBudget(x *exchange) bool {
 		return true
 	}
 	now := h.now().UnixNano()
-	ok, wait := r.zone.budget.take(*r.budget, now)
-	if ok {
+	d := r.zone.budget.allow(budgetKey, *r.budget, now)
+	if d.allowed {
 		return true
 	}
+	wait := d.retryAfter
 	// One warning per exhausted window, not one per refused request.
-	if till := r.zone.budget.warnedTill.Load(); now >= till &&
-		r.zone.budget.warnedTill.CompareAndSwap(till, now+int64(r.budget.interval)*int64(r.budget.burst)) {
+	warned := &r.zone.budgetWarnTill
+	if till := warned.Load(); now >= till &&
+		warned.CompareAndSwap(till, now+int64(r.budget.interval)*int64(r.budget.burst)) {
 		h.logger.Warn("site-wide session budget exhausted: refusing new ChatKit sessions until it refills",
 			zap.Int("budget_sessions", r.budget.burst), zap.Duration("retry_after", wait))
 	}

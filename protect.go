@@ -1,0 +1,259 @@
+package chatkit
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// Defaults for protected (self-hosted ChatKit server) paths.
+const (
+	defaultIdentityHeader   = "X-ChatKit-User"
+	defaultProtectedMaxBody = 1 << 20
+	defaultMaxUpload        = 20 << 20
+	// corsProtectedMethods are what the ChatKit web component uses against
+	// a custom server: JSON POSTs, plus GETs for attachment previews.
+	corsProtectedMethods = "GET, POST, OPTIONS"
+)
+
+// modelRunningTypes are the ChatKit request types that run the model and
+// so spend a rate-limit token; reading and listing threads are free.
+var modelRunningTypes = map[string]bool{
+	"threads.create":                 true,
+	"threads.add_user_message":       true,
+	"threads.add_client_tool_output": true,
+	"threads.retry_after_item":       true,
+	"threads.custom_action":          true,
+}
+
+// knownRequestTypes bounds the `type` metric label: anything else is
+// counted as "other".
+var knownRequestTypes = map[string]bool{
+	"threads.get_by_id": true, "threads.list": true, "threads.update": true, "threads.delete": true,
+	"items.list": true, "items.feedback": true, "attachments.create": true, "attachments.delete": true,
+}
+
+// protectedPaths matches requests for the self-hosted ChatKit server with
+// Caddy's own path matcher, so `protect /chatkit` covers exactly what
+// `reverse_proxy /chatkit*` forwards (same case folding and escaping rules).
+type protectedPaths struct {
+	matcher caddyhttp.MatchPath
+}
+
+func newProtectedPaths(ctx caddy.Context, prefixes []string) (protectedPaths, error) {
+	var m caddyhttp.MatchPath
+	for _, p := range prefixes {
+		if !strings.HasPrefix(p, "/") {
+			return protectedPaths{}, errors.New("chatkit: protect paths must start with '/': " + p)
+		}
+		if !strings.HasSuffix(p, "*") {
+			p += "*"
+		}
+		m = append(m, p)
+	}
+	if err := m.Provision(ctx); err != nil {
+		return protectedPaths{}, err
+	}
+	return protectedPaths{matcher: m}, nil
+}
+
+func (p protectedPaths) match(r *http.Request) bool {
+	if len(p.matcher) == 0 {
+		return false
+	}
+	ok, _ := p.matcher.MatchWithError(r)
+	return ok
+}
+
+// serveProtected guards one request for the self-hosted ChatKit server and
+// hands it to the next handler with a trustworthy identity header.
+func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
+	r := x.r
+	x.verdict = h.origins.judge(r, browserScheme(r))
+	setCORS(x.w.Header(), x.verdict)
+	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		h.serveProtectedPreflight(x)
+		return nil
+	}
+	if !x.verdict.allowed {
+		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not use this chat", outcomeOriginDenied)
+		return nil
+	}
+
+	requestType, charge, ok := h.inspectProtectedBody(x)
+	if !ok {
+		return nil
+	}
+	x.requestType = requestType
+	if charge && !h.admit(x) {
+		return nil
+	}
+
+	v, err := h.identity.identify(r.Context(), r, x.repl, x.verdict.secure(r))
+	if errors.Is(err, errNoUser) {
+		x.fail(http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized)
+		return nil
+	}
+	if err != nil {
+		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
+		x.fail(http.StatusInternalServerError, "internal_error", "the server could not identify this visitor", outcomeInternalError)
+		return nil
+	}
+	x.user = v.user
+	if v.cookie != nil {
+		http.SetCookie(x.w, v.cookie)
+	}
+	// Exactly one identity header, ours: the client's copies are gone.
+	r.Header[h.identityHeader] = []string{v.user}
+
+	rec := &protectedResponse{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, verdict: x.verdict}
+	err = next.ServeHTTP(rec, r)
+	x.status = rec.status
+	x.outcome = outcomeProxied
+	if err != nil {
+		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig && !rec.wroteHeader {
+			x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "upload exceeds "+strconv.FormatInt(h.maxUpload, 10)+" bytes", outcomeTooLarge)
+			return nil
+		}
+		x.outcome = outcomeBackendError
+		if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
+			x.status = he.StatusCode
+		}
+		return err
+	}
+	return nil
+}
+
+// inspectProtectedBody applies the size limits and learns the ChatKit
+// request type, leaving the backend the identical bytes. charge reports
+// whether the request spends a token.
+func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge, ok bool) {
+	r := x.r
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return "none", false, true
+	}
+	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if strings.HasPrefix(mediaType, "multipart/") {
+		// Attachment uploads: larger limit, streamed through untouched.
+		if r.ContentLength > h.maxUpload {
+			x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "upload exceeds "+strconv.FormatInt(h.maxUpload, 10)+" bytes", outcomeTooLarge)
+			return "", false, false
+		}
+		r.Body = http.MaxBytesReader(x.w, r.Body, h.maxUpload)
+		return "upload", false, true
+	}
+	body, tooLarge, err := readBody(r, h.protectedMaxBody)
+	if tooLarge {
+		x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds "+strconv.FormatInt(h.protectedMaxBody, 10)+" bytes", outcomeTooLarge)
+		return "", false, false
+	}
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "could not read the request body", outcomeBadRequest)
+		return "", false, false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+
+	t, valid := chatKitRequestType(body)
+	if !valid {
+		// The backend refuses it, but probing is not free.
+		return "malformed", true, true
+	}
+	if modelRunningTypes[t] {
+		return t, true, true
+	}
+	if !knownRequestTypes[t] {
+		t = "other"
+	}
+	return t, false, true
+}
+
+// chatKitRequestType reads the top-level `type` of a ChatKit request.
+func chatKitRequestType(body []byte) (string, bool) {
+	var req struct {
+		Type string `json:"type"`
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &req) != nil || req.Type == "" {
+		return "", false
+	}
+	return req.Type, true
+}
+
+func (h *Handler) serveProtectedPreflight(x *exchange) {
+	x.outcome = outcomePreflight
+	if !x.verdict.cors {
+		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not use this chat", outcomeOriginDenied)
+		return
+	}
+	hdr := x.w.Header()
+	hdr.Set("Access-Control-Allow-Methods", corsProtectedMethods)
+	if requested := x.r.Header.Get("Access-Control-Request-Headers"); requested != "" && isHeaderList(requested) {
+		hdr.Set("Access-Control-Allow-Headers", requested)
+	}
+	hdr.Set("Access-Control-Max-Age", corsMaxAge)
+	x.writeStatus(http.StatusNoContent)
+}
+
+// isHeaderList accepts a comma-separated list of header names, so nothing
+// else is reflected into a response header.
+func isHeaderList(s string) bool {
+	if len(s) > 512 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != ',' && c != ' ' && c != '-' && c != '_' && !('a' <= c && c <= 'z') && !('A' <= c && c <= 'Z') && !('0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// protectedResponse passes the backend's answer through unbuffered
+// (Unwrap keeps http.ResponseController's Flush working for event streams)
+// while making the module's CORS answer the only one: a backend that sets
+// its own would give the browser duplicate headers, which it rejects.
+type protectedResponse struct {
+	*caddyhttp.ResponseWriterWrapper
+	verdict     originVerdict
+	status      int
+	wroteHeader bool
+}
+
+func (p *protectedResponse) WriteHeader(status int) {
+	if !p.wroteHeader && status >= 200 {
+		p.wroteHeader = true
+		p.status = status
+		hdr := p.Header()
+		for _, name := range []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers"} {
+			hdr.Del(name)
+		}
+		setCORSValues(hdr, p.verdict)
+	}
+	p.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (p *protectedResponse) Write(b []byte) (int, error) {
+	if !p.wroteHeader {
+		p.WriteHeader(http.StatusOK)
+	}
+	return p.ResponseWriterWrapper.Write(b)
+}
+
+func (p *protectedResponse) ReadFrom(r io.Reader) (int64, error) {
+	if !p.wroteHeader {
+		p.WriteHeader(http.StatusOK)
+	}
+	return p.ResponseWriterWrapper.ReadFrom(r)
+}
