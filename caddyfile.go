@@ -67,6 +67,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			ipv6_prefix <bits>
 //			max_keys <n>
 //			zone <name>
+//			redis <url>
+//			on_redis_error local|deny
 //		}
 //		budget <sessions> <interval>
 //
@@ -372,6 +374,16 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 			}
 		case "max_keys":
 			err = intArg(d, &rl.MaxKeys)
+		case "redis":
+			err = singleArg(d, &rl.Redis)
+			if err == nil && !strings.HasPrefix(rl.Redis, "redis://") && !strings.HasPrefix(rl.Redis, "rediss://") {
+				err = d.Err("redis: want a redis:// or rediss:// URL")
+			}
+		case "on_redis_error":
+			err = singleArg(d, &rl.OnRedisError)
+			if err == nil && rl.OnRedisError != "local" && rl.OnRedisError != "deny" {
+				err = d.Errf("on_redis_error must be local or deny, got %q", rl.OnRedisError)
+			}
 		default:
 			err = d.Errf("unrecognized rate_limit option %q", name)
 		}

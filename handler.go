@@ -54,23 +54,24 @@ func (e endpoint) String() string {
 
 // Outcomes, as logged and exposed in `{http.chatkit.outcome}`.
 const (
-	outcomeSuccess          = "success"
-	outcomeHealth           = "health"
-	outcomePreflight        = "preflight"
-	outcomeBadRequest       = "bad_request"
-	outcomeTooLarge         = "payload_too_large"
-	outcomeMethodNotAllowed = "method_not_allowed"
-	outcomeOriginDenied     = "origin_denied"
-	outcomeUnauthorized     = "unauthorized"
-	outcomeRateLimited      = "rate_limited"
-	outcomeBudgetExhausted  = "budget_exhausted"
-	outcomeCircuitOpen      = "circuit_open"
-	outcomeProxied          = "proxied"
-	outcomeBackendError     = "backend_error"
-	outcomeUpstreamError    = "upstream_error"
-	outcomeUpstreamTimeout  = "upstream_timeout"
-	outcomeClientClosed     = "client_closed"
-	outcomeInternalError    = "internal_error"
+	outcomeSuccess              = "success"
+	outcomeHealth               = "health"
+	outcomePreflight            = "preflight"
+	outcomeBadRequest           = "bad_request"
+	outcomeTooLarge             = "payload_too_large"
+	outcomeMethodNotAllowed     = "method_not_allowed"
+	outcomeOriginDenied         = "origin_denied"
+	outcomeUnauthorized         = "unauthorized"
+	outcomeRateLimited          = "rate_limited"
+	outcomeBudgetExhausted      = "budget_exhausted"
+	outcomeCircuitOpen          = "circuit_open"
+	outcomeRateLimitUnavailable = "rate_limit_unavailable"
+	outcomeProxied              = "proxied"
+	outcomeBackendError         = "backend_error"
+	outcomeUpstreamError        = "upstream_error"
+	outcomeUpstreamTimeout      = "upstream_timeout"
+	outcomeClientClosed         = "client_closed"
+	outcomeInternalError        = "internal_error"
 )
 
 // exchange is the state of one request to a module endpoint.
@@ -229,14 +230,7 @@ func (h *Handler) serveMint(x *exchange) {
 		return
 	}
 	if h.RevokeOnRefresh {
-		now := h.now()
-		registry := h.limiter.zone.sessions
-		if x.endpoint == endpointRefresh {
-			if old, found := registry.take(presented, x.user, now); found {
-				h.revokeInBackground(old, x.requestID)
-			}
-		}
-		registry.remember(session.ClientSecret, issuedSession{sessionID: session.ID, user: x.user, expiresAt: session.ExpiresAt}, now)
+		h.trackForRevocation(x, presented, session)
 	}
 
 	out := make([]byte, 0, 64+len(session.ClientSecret))

@@ -49,6 +49,16 @@ var (
 		Help: "Sessions refused because the site-wide budget was used up, by zone.",
 	}, []string{"zone"})
 
+	redisErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "redis_errors_total",
+		Help: "Failed Redis operations (each one starts or extends a fallback window).",
+	})
+
+	redisFallbacks = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "redis_fallbacks_total",
+		Help: "Rate-limit decisions made in-process because Redis was unreachable.",
+	})
+
 	liveKeysDesc = prometheus.NewDesc("caddy_chatkit_ratelimit_keys",
 		"Rate-limit buckets held in memory, by zone.", []string{"zone"}, nil)
 )
@@ -72,7 +82,7 @@ func registerMetrics(registry prometheus.Registerer) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, protectedRequests, upstreamDuration, upstreamRetries, breakerOpen, budgetExhausted, liveKeysCollector{}} {
+	for _, c := range []prometheus.Collector{requestsTotal, protectedRequests, upstreamDuration, upstreamRetries, breakerOpen, budgetExhausted, redisErrors, redisFallbacks, liveKeysCollector{}} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -67,6 +67,16 @@ type RateLimit struct {
 	// Handlers naming the same zone share buckets. Default: one zone per
 	// workflow, since handlers minting for the same workflow share a bill.
 	Zone string `json:"zone,omitempty"`
+
+	// A `redis://` or `rediss://` URL (password and db in the URL;
+	// placeholders allowed) to keep the buckets, the budget and the
+	// revoke registry in, so several Caddy instances share one set of
+	// limits. Connections are opened on first use.
+	Redis string `json:"redis,omitempty"`
+
+	// What to do while Redis is unreachable: `local` (default) falls back to
+	// this instance's own buckets; `deny` answers 503.
+	OnRedisError string `json:"on_redis_error,omitempty"`
 }
 
 // Budget is a site-wide ceiling on sessions minted, shared by every client.
@@ -146,6 +156,7 @@ type rateLimiter struct {
 	ipv6Prefix int
 	policy     string // the RateLimit-Policy header value
 	budget     *limit
+	redis      *redisBackend // nil: in-process only
 }
 
 // provisionZone acquires the handler's zone from the pool and sets up the
@@ -202,16 +213,24 @@ func (h *Handler) provisionZone(defaultZone string) error {
 		return err
 	}
 	r.zone = val.(*limiterZone)
+	h.limiter = r
+	if rl.Redis != "" {
+		if r.redis, err = newRedisBackend(rl.Redis, r.zoneKey, rl.OnRedisError, h.logger); err != nil {
+			return err
+		}
+	}
 	// The newest config decides the zone's size (a shrink evicts at once)
 	// and the limit the janitor sweeps by.
 	r.zone.buckets.setMaxKeys(maxKeys)
 	r.zone.limit.Store(&r.limit)
-	h.limiter = r
 	return nil
 }
 
 func (h *Handler) cleanupRateLimit() {
 	if h.limiter != nil {
+		if h.limiter.redis != nil {
+			h.limiter.redis.release()
+		}
 		_, _ = zones.Delete(h.limiter.zoneKey)
 		h.limiter = nil
 	}
@@ -258,7 +277,12 @@ func (h *Handler) admit(x *exchange) bool {
 	if r.policy == "" {
 		return true
 	}
-	d := r.zone.buckets.allow(r.clientKey(x.r, x.repl), r.limit, h.now().UnixNano())
+	key := r.clientKey(x.r, x.repl)
+	now := h.now()
+	d, ok := r.decideShared(x, key, now)
+	if !ok {
+		return false
+	}
 	hdr := x.w.Header()
 	hdr.Set("RateLimit-Policy", r.policy)
 	hdr.Set("RateLimit", rateLimitHeader(d))
@@ -269,6 +293,31 @@ func (h *Handler) admit(x *exchange) bool {
 	hdr.Set("Retry-After", wait)
 	x.fail(http.StatusTooManyRequests, "rate_limit_exceeded", "too many requests, retry in "+wait+"s", outcomeRateLimited)
 	return false
+}
+
+// decideShared asks Redis when configured, and this instance's buckets
+// otherwise or while Redis is down (unless on_redis_error is deny, in which
+// case it answers 503 and ok is false).
+func (r *rateLimiter) decideShared(x *exchange, key bucketKey, now time.Time) (d decision, ok bool) {
+	if b := r.redis; b != nil {
+		if b.usable(now) {
+			d, err := b.allow(x.r.Context(), key, r.limit, now)
+			if err == nil {
+				return d, true
+			}
+		}
+		if b.deny {
+			redisUnavailable(x)
+			return d, false
+		}
+		redisFallbacks.Inc()
+	}
+	return r.zone.buckets.allow(key, r.limit, now.UnixNano()), true
+}
+
+func redisUnavailable(x *exchange) {
+	x.w.Header().Set("Retry-After", retryAfterSeconds(redisRetryBackoff))
+	x.fail(http.StatusServiceUnavailable, "rate_limit_unavailable", "the rate limiter is unavailable, retry shortly", outcomeRateLimitUnavailable)
 }
 
 func rateLimitHeader(d decision) string {
@@ -288,8 +337,22 @@ func (h *Handler) spendBudget(x *exchange) bool {
 	if r.budget == nil {
 		return true
 	}
-	now := h.now().UnixNano()
-	d := r.zone.budget.allow(budgetKey, *r.budget, now)
+	t := h.now()
+	now := t.UnixNano()
+	var d decision
+	shared := false
+	if b := r.redis; b != nil && b.usable(t) {
+		var err error
+		d, err = b.takeBudget(x.r.Context(), *r.budget, t)
+		shared = err == nil
+	}
+	if !shared {
+		if r.redis != nil && r.redis.deny {
+			redisUnavailable(x)
+			return false
+		}
+		d = r.zone.budget.allow(budgetKey, *r.budget, now)
+	}
 	if d.allowed {
 		return true
 	}

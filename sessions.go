@@ -116,3 +116,29 @@ func (h *Handler) revokeInBackground(sess issuedSession, requestID string) {
 		h.logger.Info("cancelled the replaced session", fields...)
 	}()
 }
+
+// trackForRevocation cancels the session a refresh replaces (when this
+// server issued the presented secret to the same user) and remembers the new
+// one. With Redis configured the registry is shared by every instance.
+func (h *Handler) trackForRevocation(x *exchange, presented string, session createdSession) {
+	now := h.now()
+	issued := issuedSession{sessionID: session.ID, user: x.user, expiresAt: session.ExpiresAt}
+	local := h.limiter.zone.sessions
+	ctx := x.r.Context()
+	if b := h.limiter.redis; b != nil && b.usable(now) {
+		if x.endpoint == endpointRefresh {
+			if old, found, err := b.takeSession(ctx, presented, x.user, now); err == nil && found {
+				h.revokeInBackground(old, x.requestID)
+			}
+		}
+		if b.rememberSession(ctx, session.ClientSecret, issued, now) == nil {
+			return
+		}
+	}
+	if x.endpoint == endpointRefresh {
+		if old, found := local.take(presented, x.user, now); found {
+			h.revokeInBackground(old, x.requestID)
+		}
+	}
+	local.remember(session.ClientSecret, issued, now)
+}

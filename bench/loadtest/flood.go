@@ -1,0 +1,3 @@
+package main
+
+func runFlood(s *servers) error { return nil }

@@ -1,0 +1,257 @@
+// Command loadtest is the load harness of Step 7: it measures the chatkit
+// handler's start endpoint against a plain reverse_proxy making the same
+// upstream call and against the fake upstream alone, all on loopback.
+//
+//	go run ./bench/loadtest                 # a/b/c comparison, 3 rounds
+//	go run ./bench/loadtest -flood          # 1,000,000 client addresses
+//	go run ./bench/loadtest -soak           # 60 s steady load, reload every 10 s
+//	go run ./bench/loadtest -profile 10     # CPU and alloc profiles of (a) and (b)
+//
+// (or `bash bench/run.sh …`). It builds ./cmd/caddy and ./bench/fakeserver
+// (or takes -caddy), then runs the fake upstream (bench/fakeserver, its own
+// process) and Caddy pinned to one core with GOMAXPROCS=1, and itself
+// pinned to the other core with GOMAXPROCS=1 (taskset). Each target gets a
+// fresh Caddy and fake process per round, so peak RSS (VmHWM) is per
+// target. See BENCHMARKS.md for the results and how to read them.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	caddyBin, fakeBin string
+	work              string
+	keep              bool
+
+	concurrency int
+	duration    time.Duration
+	warmup      time.Duration
+	rounds      int
+	targets     string
+
+	pin         bool
+	loadCPUs    string
+	serverCPUs  string
+	fakeCPUs    string
+	serverProcs int
+
+	flood        bool
+	floodKeys    int
+	floodMaxKeys int
+	floodConc    int
+	floodBody    string
+	floodTimeout time.Duration
+	floodLimit   string
+
+	soak         bool
+	soakDuration time.Duration
+	soakRate     int
+	soakReload   time.Duration
+
+	profile        int
+	profileTargets string
+}
+
+const pinnedEnv = "CHATKIT_BENCH_PINNED"
+
+func main() {
+	o := &options{}
+	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with the chatkit module (default: go build ./cmd/caddy)")
+	flag.StringVar(&o.fakeBin, "fakeserver", "", "fake upstream binary (default: go build ./bench/fakeserver)")
+	flag.StringVar(&o.work, "workdir", "", "directory for configs, logs, storage and profiles (default: a new temp dir)")
+	flag.BoolVar(&o.keep, "keep", false, "keep -workdir's contents after the run (always kept with -profile)")
+	flag.IntVar(&o.concurrency, "c", 32, "concurrent keep-alive clients per target")
+	flag.DurationVar(&o.duration, "d", 10*time.Second, "measured duration per target per round")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each measurement")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; the target order alternates (a b c, c b a, …) and medians are reported")
+	flag.StringVar(&o.targets, "targets", "abc", "targets to measure: a = chatkit start, b = reverse_proxy, c = fake directly")
+	flag.BoolVar(&o.pin, "pin", true, "pin the load generator and the servers to different cores with taskset")
+	flag.StringVar(&o.loadCPUs, "loadcpu", "0", "taskset CPU list for the load generator")
+	flag.StringVar(&o.serverCPUs, "servercpu", "1", "taskset CPU list for Caddy")
+	flag.StringVar(&o.fakeCPUs, "fakecpu", "", "taskset CPU list for the fake upstream (default: -servercpu)")
+	flag.IntVar(&o.serverProcs, "serverprocs", 1, "GOMAXPROCS for Caddy")
+
+	flag.BoolVar(&o.flood, "flood", false, "flood mode: many distinct client addresses against start")
+	flag.IntVar(&o.floodKeys, "flood-keys", 1_000_000, "distinct client addresses in the flood (one request each)")
+	flag.IntVar(&o.floodMaxKeys, "flood-max-keys", 10_000, "rate_limit max_keys during the flood")
+	flag.IntVar(&o.floodConc, "flood-c", 64, "concurrent flood connections")
+	flag.StringVar(&o.floodBody, "flood-body", "bad", "flood request body: bad (a non-JSON body: charged a token, refused 400, no upstream call) or start (a real start, one upstream session each)")
+	flag.DurationVar(&o.floodTimeout, "flood-timeout", 5*time.Minute, "stop the flood after this long even if not all addresses were sent")
+	flag.StringVar(&o.floodLimit, "flood-limit", "10 100ms", "rate_limit <burst> <interval> during the flood (the legitimate client stays under it, the abusive one over)")
+
+	flag.BoolVar(&o.soak, "soak", false, "soak mode: steady rate with config reloads")
+	flag.DurationVar(&o.soakDuration, "soak-d", 60*time.Second, "soak duration")
+	flag.IntVar(&o.soakRate, "soak-rate", 200, "soak requests per second")
+	flag.DurationVar(&o.soakReload, "soak-reload", 10*time.Second, "interval between config reloads (POST /load)")
+
+	flag.IntVar(&o.profile, "profile", 0, "profile mode: seconds of CPU profile taken from Caddy's admin API during each of -profile-targets, plus allocs")
+	flag.StringVar(&o.profileTargets, "profile-targets", "ab", "targets to profile in -profile mode")
+	flag.Parse()
+
+	if o.fakeCPUs == "" {
+		o.fakeCPUs = o.serverCPUs
+	}
+	if !o.pin {
+		o.loadCPUs, o.serverCPUs, o.fakeCPUs = "", "", ""
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		stopAll()
+		os.Exit(1)
+	}
+}
+
+func run(o *options) error {
+	if os.Getenv(pinnedEnv) == "" {
+		if err := prepare(o); err != nil {
+			return err
+		}
+		if o.pin {
+			return reexecPinned(o)
+		}
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		fmt.Fprintln(os.Stderr, "\ninterrupted: stopping the servers")
+		stopAll()
+		os.Exit(130)
+	}()
+
+	printMachine(o)
+	s, err := newServers(o)
+	if err != nil {
+		return err
+	}
+	switch {
+	case o.flood:
+		return runFlood(s)
+	case o.soak:
+		return runSoak(s)
+	case o.profile > 0:
+		return runProfile(s)
+	default:
+		return runCompare(s)
+	}
+}
+
+// prepare builds what was not given and makes the work directory; it runs
+// unpinned so the builds use both cores.
+func prepare(o *options) error {
+	if o.work == "" {
+		dir, err := os.MkdirTemp("", "chatkit-bench-")
+		if err != nil {
+			return err
+		}
+		o.work = dir
+	}
+	if err := os.MkdirAll(o.work, 0o755); err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(o.work)
+	if err != nil {
+		return err
+	}
+	o.work = abs
+	build := func(dst *string, pkg, name string) error {
+		if *dst != "" {
+			p, err := filepath.Abs(*dst)
+			*dst = p
+			return err
+		}
+		*dst = filepath.Join(o.work, name)
+		fmt.Printf("building %s -> %s\n", pkg, *dst)
+		cmd := exec.Command("go", "build", "-o", *dst, pkg)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go build %s: %w", pkg, err)
+		}
+		return nil
+	}
+	if err := build(&o.caddyBin, "./cmd/caddy", "caddy"); err != nil {
+		return err
+	}
+	return build(&o.fakeBin, "./bench/fakeserver", "fakeserver")
+}
+
+// reexecPinned replaces this process with itself under `taskset -c
+// <loadcpu>` and GOMAXPROCS=1, passing the built binaries along.
+func reexecPinned(o *options) error {
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return errors.New("taskset (util-linux) not found: install it or pass -pin=false")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	args := []string{"taskset", "-c", o.loadCPUs, self}
+	args = append(args, os.Args[1:]...)
+	args = append(args, "-caddy="+o.caddyBin, "-fakeserver="+o.fakeBin, "-workdir="+o.work)
+	env := append(os.Environ(), pinnedEnv+"=1", "GOMAXPROCS=1")
+	return syscall.Exec(taskset, args, env)
+}
+
+func printMachine(o *options) {
+	model := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	fmt.Printf("machine: %d CPUs (%s), %s %s/%s, %s\n", onlineCPUs(), model, runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	pin := "not pinned"
+	if o.pin {
+		pin = fmt.Sprintf("load generator on CPU %s (GOMAXPROCS=%d), Caddy on CPU %s (GOMAXPROCS=%d), fake upstream on CPU %s (GOMAXPROCS=1)",
+			o.loadCPUs, runtime.GOMAXPROCS(0), o.serverCPUs, o.serverProcs, o.fakeCPUs)
+	}
+	fmt.Printf("pinning: %s\ncaddy: %s\nworkdir: %s\n\n", pin, o.caddyBin, o.work)
+}
+
+func newServers(o *options) (*servers, error) {
+	s := &servers{opts: o, work: o.work}
+	for _, p := range []*int{&s.fakePort, &s.sitePort, &s.adminPort} {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		*p = port
+	}
+	if err := os.MkdirAll(filepath.Join(o.work, "storage"), 0o755); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// onlineCPUs counts the machine's CPUs (runtime.NumCPU only sees the
+// pinned set).
+func onlineCPUs() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if k, _, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "processor" {
+			n++
+		}
+	}
+	return max(n, 1)
+}

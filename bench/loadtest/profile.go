@@ -1,0 +1,3 @@
+package main
+
+func runProfile(s *servers) error { return nil }

@@ -1,0 +1,3 @@
+package main
+
+func runSoak(s *servers) error { return nil }

@@ -1,0 +1,200 @@
+package chatkit
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Redis timing: every operation is bounded so a down or stalled Redis can
+// only add this much to a request, and after a failure Redis is skipped for
+// a short while so an outage does not add it to every request.
+const (
+	redisOpTimeout    = 250 * time.Millisecond
+	redisRetryBackoff = 2 * time.Second
+)
+
+// redisClients shares one client (and its connection pool) per Redis URL
+// across handlers and config reloads.
+var redisClients = caddy.NewUsagePool()
+
+type pooledRedis struct {
+	client  *redis.Client
+	limiter *redis_rate.Limiter
+}
+
+func (p *pooledRedis) Destruct() error { return p.client.Close() }
+
+// redisBackend keeps a zone's buckets, budget and session registry in
+// Redis, so several Caddy instances enforce one set of limits.
+type redisBackend struct {
+	poolKey   string
+	address   string // host:port only, for logs (the URL may hold a password)
+	client    *redis.Client
+	limiter   *redis_rate.Limiter
+	prefix    string
+	deny      bool
+	logger    *zap.Logger
+	downUntil atomic.Int64
+	inOutage  atomic.Bool
+}
+
+// newRedisBackend parses the URL and takes a pooled client. go-redis
+// connects lazily, so this does no I/O: `caddy validate` works without Redis.
+func newRedisBackend(rawURL, zoneKey, onError string, logger *zap.Logger) (*redisBackend, error) {
+	resolved := caddy.NewReplacer().ReplaceAll(rawURL, "")
+	opts, err := redis.ParseURL(resolved)
+	if err != nil {
+		// The URL may contain a password: do not echo it.
+		return nil, errors.New("chatkit: rate_limit redis: not a valid redis:// or rediss:// URL")
+	}
+	switch onError {
+	case "", "local", "deny":
+	default:
+		return nil, fmt.Errorf("chatkit: on_redis_error must be local or deny, got %q", onError)
+	}
+	opts.DialTimeout = redisOpTimeout
+	opts.ReadTimeout = redisOpTimeout
+	opts.WriteTimeout = redisOpTimeout
+	opts.PoolTimeout = redisOpTimeout
+	opts.MaxRetries = -1 // one attempt: the fallback is the retry
+	opts.ContextTimeoutEnabled = true
+	val, _, err := redisClients.LoadOrNew(resolved, func() (caddy.Destructor, error) {
+		client := redis.NewClient(opts)
+		return &pooledRedis{client: client, limiter: redis_rate.NewLimiter(client)}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	pooled := val.(*pooledRedis)
+	return &redisBackend{
+		poolKey: resolved,
+		address: opts.Addr,
+		client:  pooled.client,
+		limiter: pooled.limiter,
+		prefix:  "chatkit:" + zoneKey + ":",
+		deny:    onError == "deny",
+		logger:  logger,
+	}, nil
+}
+
+func (b *redisBackend) release() { _, _ = redisClients.Delete(b.poolKey) }
+
+// usable reports whether Redis should be tried now.
+func (b *redisBackend) usable(now time.Time) bool { return now.UnixNano() >= b.downUntil.Load() }
+
+// failed records an error: Redis is skipped for a moment, and the outage is
+// logged once, not once per request.
+func (b *redisBackend) failed(now time.Time, err error) {
+	redisErrors.Inc()
+	b.downUntil.Store(now.Add(redisRetryBackoff).UnixNano())
+	if b.inOutage.CompareAndSwap(false, true) {
+		mode := "falling back to this instance's own limits"
+		if b.deny {
+			mode = "refusing rate-limited requests with 503"
+		}
+		b.logger.Warn("Redis is unreachable: "+mode+" until it answers again",
+			zap.String("redis", b.address), zap.Error(err))
+	}
+}
+
+func (b *redisBackend) succeeded() {
+	if b.inOutage.CompareAndSwap(true, false) {
+		b.logger.Info("Redis answers again: limits are shared again", zap.String("redis", b.address))
+	}
+}
+
+// allow spends one token from a client's bucket in Redis.
+func (b *redisBackend) allow(ctx context.Context, key bucketKey, l limit, now time.Time) (decision, error) {
+	return b.run(ctx, b.prefix+hex.EncodeToString(key[:]), l, now)
+}
+
+// takeBudget spends one session from the zone's shared budget.
+func (b *redisBackend) takeBudget(ctx context.Context, l limit, now time.Time) (decision, error) {
+	return b.run(ctx, b.prefix+"budget", l, now)
+}
+
+func (b *redisBackend) run(ctx context.Context, key string, l limit, now time.Time) (decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	defer cancel()
+	res, err := b.limiter.Allow(ctx, key, redis_rate.Limit{Rate: 1, Period: l.interval, Burst: l.burst})
+	if err != nil {
+		b.failed(now, err)
+		return decision{}, err
+	}
+	b.succeeded()
+	return redisDecision(res, l), nil
+}
+
+// redisDecision turns redis_rate's answer into the same decision the
+// in-process store gives, for the same headers in both modes.
+func redisDecision(res *redis_rate.Result, l limit) decision {
+	d := decision{allowed: res.Allowed > 0, remaining: max(res.Remaining, 0)}
+	if !d.allowed {
+		d.retryAfter = max(res.RetryAfter, time.Nanosecond)
+	}
+	if reset := res.ResetAfter; reset > 0 && l.interval > 0 {
+		used := (reset + l.interval - 1) / l.interval
+		d.nextToken = reset - (used-1)*l.interval
+	}
+	return d
+}
+
+// rememberSession stores a digest of an issued secret with its session,
+// expiring with it.
+func (b *redisBackend) rememberSession(ctx context.Context, secret string, s issuedSession, now time.Time) error {
+	ttl := time.Unix(s.expiresAt, 0).Sub(now)
+	if ttl < time.Second {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	defer cancel()
+	err := b.client.Set(ctx, b.sessionKey(secret), s.sessionID+"\n"+s.user, ttl).Err()
+	if err != nil {
+		b.failed(now, err)
+		return err
+	}
+	b.succeeded()
+	return nil
+}
+
+// takeSession returns and forgets the session of a secret issued to user,
+// by any instance sharing this Redis.
+func (b *redisBackend) takeSession(ctx context.Context, secret, user string, now time.Time) (issuedSession, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	defer cancel()
+	key := b.sessionKey(secret)
+	val, err := b.client.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		b.succeeded()
+		return issuedSession{}, false, nil
+	}
+	if err != nil {
+		b.failed(now, err)
+		return issuedSession{}, false, err
+	}
+	b.succeeded()
+	id, owner, ok := strings.Cut(val, "\n")
+	if !ok || owner != user {
+		return issuedSession{}, false, nil
+	}
+	if b.client.Del(ctx, key).Val() != 1 {
+		// Another refresh took it first.
+		return issuedSession{}, false, nil
+	}
+	return issuedSession{sessionID: id, user: owner, expiresAt: now.Add(time.Minute).Unix()}, true, nil
+}
+
+func (b *redisBackend) sessionKey(secret string) string {
+	d := digestSecret(secret)
+	return b.prefix + "sess:" + hex.EncodeToString(d[:])
+}

@@ -1,0 +1,370 @@
+package chatkit
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
+)
+
+// redisServer is a real redis-server on a free loopback port, owned by one
+// test: it can be stopped and started again on the same port.
+type redisServer struct {
+	t    *testing.T
+	bin  string
+	port int
+	cmd  *exec.Cmd
+}
+
+// startRedis runs Debian's redis-server. The test script installs it and
+// sets CHATKIT_REQUIRE_REDIS=1, so in CI a missing server is a failure.
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CHATKIT_REQUIRE_REDIS") != "" {
+			t.Fatal("redis-server is not installed (run scripts/test.sh, which installs it)")
+		}
+		t.Skip("redis-server not installed; scripts/test.sh installs it")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	s := &redisServer{t: t, bin: bin, port: port}
+	s.start()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
+
+func (s *redisServer) start() {
+	s.t.Helper()
+	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.t.TempDir())
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	client := s.client()
+	defer client.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for client.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			s.t.Fatal("redis-server did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (s *redisServer) stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+func (s *redisServer) client() *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", s.port)})
+}
+
+func (s *redisServer) keys(t *testing.T, pattern string) []string {
+	t.Helper()
+	c := s.client()
+	defer c.Close()
+	keys, err := c.Keys(context.Background(), pattern).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+var (
+	caddyBinaryOnce sync.Once
+	caddyBinaryPath string
+	caddyBinaryErr  error
+)
+
+// caddyBinary builds this repository's Caddy once per test run, for tests
+// that need a second, separate Caddy process.
+func caddyBinary(t *testing.T) string {
+	t.Helper()
+	caddyBinaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "chatkit-caddy-")
+		if err != nil {
+			caddyBinaryErr = err
+			return
+		}
+		caddyBinaryPath = filepath.Join(dir, "caddy")
+		out, err := exec.Command("go", "build", "-o", caddyBinaryPath, "./cmd/caddy").CombinedOutput()
+		if err != nil {
+			caddyBinaryErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+		}
+	})
+	if caddyBinaryErr != nil {
+		t.Fatal(caddyBinaryErr)
+	}
+	return caddyBinaryPath
+}
+
+// startSecondCaddy runs a separate Caddy process on port 9081 with the same
+// chatkit block as the in-process one.
+func startSecondCaddy(t *testing.T, chatkitBlock string) {
+	t.Helper()
+	dir := t.TempDir()
+	config := fmt.Sprintf(`{
+	admin off
+	http_port 9081
+	storage file_system %s
+}
+http://localhost:9081 {
+	chatkit {
+		%s
+	}
+	handle {
+		respond "the next handler" 200
+	}
+}
+`, filepath.Join(dir, "storage"), chatkitBlock)
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(caddyBinary(t), "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://localhost:9081/")
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second Caddy did not start: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func postTo(t *testing.T, c *http.Client, base, path, body string) reply {
+	t.Helper()
+	resp, err := c.Post(base+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	return reply{status: resp.StatusCode, header: resp.Header}
+}
+
+func TestRedisSharesLimitsAcrossInstances(t *testing.T) {
+	srv := startRedis(t)
+	fake := newFake(t)
+	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\tbudget 6 1h\n\t\trevoke_on_refresh on\n\t\trate_limit 4 1s {\n\t\t\tzone shared\n\t\t\tredis %s\n\t\t}",
+		fake.URL(), fakeopenai.DefaultAPIKey, srv.url())
+	newTester(t, caddyConfig("", block, ""))
+	startSecondCaddy(t, block)
+	bases := []string{siteURL, "http://localhost:9081"}
+	c := plainClient(t)
+
+	// A client alternating between the instances gets exactly the burst.
+	for i := 0; i < 6; i++ {
+		r := postTo(t, c, bases[i%2], "/api/chatkit/start", "")
+		want := http.StatusOK
+		if i >= 4 {
+			want = http.StatusTooManyRequests
+		}
+		if r.status != want {
+			t.Fatalf("request %d via %s: %d, want %d", i, bases[i%2], r.status, want)
+		}
+	}
+	// The same refill as on one instance: one token per second.
+	time.Sleep(1100 * time.Millisecond)
+	if r := postTo(t, c, bases[1], "/api/chatkit/start", ""); r.status != http.StatusOK {
+		t.Fatalf("after one interval: %d", r.status)
+	}
+	if r := postTo(t, c, bases[0], "/api/chatkit/start", ""); r.status != http.StatusTooManyRequests {
+		t.Fatalf("second request after one interval: %d", r.status)
+	}
+	if n := len(srv.keys(t, "*chatkit:zone:shared:*")); n < 2 {
+		t.Fatalf("%d chatkit keys in Redis: the limits did not go there", n)
+	}
+
+	// The budget (6 per hour) is counted across both instances: 5 spent.
+	time.Sleep(1100 * time.Millisecond)
+	if r := postTo(t, c, bases[0], "/api/chatkit/start", ""); r.status != http.StatusOK {
+		t.Fatalf("sixth session: %d", r.status)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if r := postTo(t, c, bases[1], "/api/chatkit/start", ""); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("seventh session past a budget of 6: %d", r.status)
+	}
+}
+
+func TestRedisRevokeRegistryAcrossInstances(t *testing.T) {
+	srv := startRedis(t)
+	fake := newFake(t)
+	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\tuser {http.request.header.X-Test-User}\n\t\trevoke_on_refresh on\n\t\trate_limit 100 1s {\n\t\t\tzone revoke-shared\n\t\t\tredis %s\n\t\t}",
+		fake.URL(), fakeopenai.DefaultAPIKey, srv.url())
+	newTester(t, caddyConfig("", block, ""))
+	startSecondCaddy(t, block)
+
+	req, _ := http.NewRequest("POST", siteURL+"/api/chatkit/start", nil)
+	req.Header.Set("X-Test-User", "alice")
+	resp, err := plainClient(t).Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("start: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	first := fake.Sessions()[0]
+
+	req, _ = http.NewRequest("POST", "http://localhost:9081/api/chatkit/refresh", strings.NewReader(`{"currentClientSecret":"`+first.ClientSecret+`"}`))
+	req.Header.Set("X-Test-User", "alice")
+	resp, err = plainClient(t).Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("refresh on the other instance: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for countCancels(fake) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if countCancels(fake) != 1 || fake.Sessions()[0].Status != "cancelled" {
+		t.Fatalf("the other instance did not cancel %s (%d cancels)", first.ID, countCancels(fake))
+	}
+	for _, k := range srv.keys(t, "chatkit:*:sess:*") {
+		if strings.Contains(k, first.ClientSecret) {
+			t.Fatal("a client secret is stored in Redis in the clear")
+		}
+	}
+}
+
+func TestRedisDownOrStalledNeverHangs(t *testing.T) {
+	fake := newFake(t)
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedURL := "redis://" + closed.Addr().String()
+	closed.Close()
+
+	// A server that accepts connections and never answers.
+	stalled, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			conn, err := stalled.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, conn)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		stalled.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+
+	for _, tc := range []struct {
+		name, url, onError string
+		want               int
+	}{
+		{"down-local", closedURL, "local", http.StatusOK},
+		{"stalled-local", "redis://" + stalled.Addr().String(), "local", http.StatusOK},
+		{"down-deny", closedURL, "deny", http.StatusServiceUnavailable},
+		{"stalled-deny", "redis://" + stalled.Addr().String(), "deny", http.StatusServiceUnavailable},
+	} {
+		startSite(t, fake, "", fmt.Sprintf("rate_limit 2 1m {\n\t\t\tzone %s\n\t\t\tredis %s\n\t\t\ton_redis_error %s\n\t\t}", tc.name, tc.url, tc.onError), "")
+		c := client(t)
+		started := time.Now()
+		r := do(t, c, "POST", "/api/chatkit/start", "")
+		if elapsed := time.Since(started); elapsed > time.Second {
+			t.Fatalf("%s: a request waited %s on Redis", tc.name, elapsed)
+		}
+		if r.status != tc.want {
+			t.Fatalf("%s: status %d, want %d (%s)", tc.name, r.status, tc.want, r.body)
+		}
+		if tc.onError == "deny" {
+			expectError(t, r, http.StatusServiceUnavailable, "rate_limit_unavailable")
+			continue
+		}
+		// The local fallback still limits.
+		do(t, c, "POST", "/api/chatkit/start", "")
+		expectError(t, do(t, c, "POST", "/api/chatkit/start", ""), http.StatusTooManyRequests, "rate_limit_exceeded")
+	}
+}
+
+func TestRedisRestartMidRun(t *testing.T) {
+	srv := startRedis(t)
+	fake := newFake(t)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	global := "log {\n\t\toutput file " + logFile + "\n\t\tformat json\n\t}"
+	startSite(t, fake, global, fmt.Sprintf("rate_limit 3 1m {\n\t\t\tzone restart-test\n\t\t\tredis %s\n\t\t}", srv.url()), "")
+	c := client(t)
+	for i := 0; i < 3; i++ {
+		expectSecret(t, do(t, c, "POST", "/api/chatkit/start", ""), fake)
+	}
+	expectError(t, do(t, c, "POST", "/api/chatkit/start", ""), http.StatusTooManyRequests, "rate_limit_exceeded")
+
+	srv.stop()
+	// Redis is gone: requests fall back to this instance's buckets, fast.
+	for i := 0; i < 5; i++ {
+		started := time.Now()
+		r := do(t, c, "POST", "/api/chatkit/start", "")
+		if time.Since(started) > time.Second || (r.status != 200 && r.status != 429) {
+			t.Fatalf("during the outage: %d after %s", r.status, time.Since(started))
+		}
+	}
+
+	srv.start()
+	// Recovery within 10 s of Redis returning: decisions go to Redis again.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(srv.keys(t, "*chatkit:zone:restart-test:*")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("limits did not return to Redis within 10s")
+		}
+		do(t, c, "POST", "/api/chatkit/start", "")
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outages := strings.Count(string(raw), "Redis is unreachable")
+	recoveries := strings.Count(string(raw), "Redis answers again")
+	if outages != 1 || recoveries != 1 {
+		t.Fatalf("want one outage warning and one recovery line, got %d and %d", outages, recoveries)
+	}
+	if strings.Contains(string(raw), `"level":"error"`) {
+		t.Fatal("an outage logged at error level")
+	}
+}
