@@ -17,10 +17,10 @@ import (
 
 // Rate-limit defaults: the old token service's numbers.
 const (
-	defaultBurst      = 10
-	defaultInterval   = time.Second
-	defaultMaxKeys    = 100_000
-	clientIPKey       = "{client_ip}"
+	defaultBurst    = 10
+	defaultInterval = time.Second
+	defaultMaxKeys  = 100_000
+	clientIPKey     = "{client_ip}"
 	// janitorPeriod is how often idle, refilled buckets are dropped. They
 	// carry no state, so this only bounds memory between floods.
 	janitorPeriod = 30 * time.Second
