@@ -1,6 +1,7 @@
 package chatkit
 
 import (
+	"cmp"
 	"sync"
 	"time"
 
@@ -142,7 +143,7 @@ func (h *Handler) newUpstreamGuard() *upstreamGuard {
 		if cb.Disabled {
 			g.threshold = 0
 		} else {
-			g.threshold = cmpOrInt(cb.Failures, g.threshold)
+			g.threshold = cmp.Or(cb.Failures, g.threshold)
 			if cb.Cooldown > 0 {
 				g.cooldown = time.Duration(cb.Cooldown)
 			}

@@ -645,7 +645,7 @@ var cfSubdirectiveSamples = map[string]string{
 }
 
 // cfRepeatable are the subdirectives that may appear more than once.
-var cfRepeatable = []string{"state_variable", "allow_origins"}
+var cfRepeatable = []string{"state_variable", "allow_origins", "protect"}
 
 func TestParseCaddyfileDuplicates(t *testing.T) {
 	for name, sample := range cfSubdirectiveSamples {

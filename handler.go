@@ -11,6 +11,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -362,10 +363,14 @@ func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err err
 
 var errStartBody = errors.New("the body must be empty or a JSON object")
 
+// trimJSONSpace removes the whitespace JSON allows around a value, and no
+// other (bytes.TrimSpace would also accept \v, \f and Unicode spaces).
+func trimJSONSpace(b []byte) []byte { return bytes.Trim(b, " \t\r\n") }
+
 // validateStartBody accepts an empty body or any JSON object; nothing in it
 // is used, because the workflow and user come from the server.
 func validateStartBody(body []byte) error {
-	trimmed := bytes.TrimSpace(body)
+	trimmed := trimJSONSpace(body)
 	if len(trimmed) == 0 {
 		return nil
 	}
@@ -382,24 +387,24 @@ var (
 )
 
 // parseRefreshBody returns the presented secret. It need not be one this
-// server issued: a restart must never break an open chat.
+// server issued: a restart must never break an open chat. The key is
+// matched exactly (encoding/json would fold case into struct fields, so
+// another parser could see a different secret than this one).
 func parseRefreshBody(body []byte) (string, error) {
-	trimmed := bytes.TrimSpace(body)
+	trimmed := trimJSONSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return "", errRefreshBody
 	}
-	var req struct {
-		CurrentClientSecret json.RawMessage `json:"currentClientSecret"`
-	}
-	if err := json.Unmarshal(trimmed, &req); err != nil {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &fields); err != nil {
 		return "", errRefreshBody
 	}
+	raw := fields["currentClientSecret"]
 	var secret string
-	if len(req.CurrentClientSecret) == 0 || req.CurrentClientSecret[0] != '"' ||
-		json.Unmarshal(req.CurrentClientSecret, &secret) != nil {
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &secret) != nil {
 		return "", errRefreshSecret
 	}
-	if len(bytes.TrimSpace([]byte(secret))) == 0 {
+	if len(trimJSONSpace([]byte(secret))) == 0 || len(strings.TrimSpace(secret)) == 0 {
 		return "", errRefreshSecret
 	}
 	if len(secret) > maxClientSecretLen {

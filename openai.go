@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -340,33 +341,46 @@ func scalarString(v any) string {
 	return ""
 }
 
+// truncate cuts s to at most n bytes without splitting a character.
 func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // parseRetryAfter reads `retry-after-ms` or `Retry-After` (seconds or an
 // HTTP date). It returns 0 when neither is usable.
 func parseRetryAfter(h http.Header, now time.Time) time.Duration {
-	if ms, err := strconv.ParseFloat(h.Get("Retry-After-Ms"), 64); err == nil && ms > 0 {
-		return time.Duration(ms * float64(time.Millisecond))
+	if ms, err := strconv.ParseFloat(h.Get("Retry-After-Ms"), 64); err == nil {
+		return boundedWait(ms, time.Millisecond)
 	}
 	v := h.Get("Retry-After")
 	if v == "" {
 		return 0
 	}
 	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		return time.Duration(secs * float64(time.Second))
+		return boundedWait(secs, time.Second)
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)
 	}
 	return 0
+}
+
+// boundedWait converts a header's number of units to a duration: 0 for
+// NaN, negative or zero values, and capped (not wrapped negative) when huge.
+func boundedWait(n float64, unit time.Duration) time.Duration {
+	if !(n > 0) {
+		return 0
+	}
+	if n >= float64(math.MaxInt64/int64(unit)) {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(n * float64(unit))
 }
 
 // sessionParams is the documented create-session body. Optional fields are

@@ -183,7 +183,7 @@ func chatKitRequestType(body []byte) (string, bool) {
 	var req struct {
 		Type string `json:"type"`
 	}
-	trimmed := bytes.TrimSpace(body)
+	trimmed := trimJSONSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &req) != nil || req.Type == "" {
 		return "", false
 	}

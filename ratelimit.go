@@ -1,6 +1,7 @@
 package chatkit
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -167,10 +168,10 @@ func (h *Handler) provisionZone(defaultZone string) error {
 		rl = new(RateLimit)
 	}
 	r := &rateLimiter{
-		limit:      limit{burst: cmpOrInt(rl.Burst, defaultBurst), interval: time.Duration(rl.Interval)},
+		limit:      limit{burst: cmp.Or(rl.Burst, defaultBurst), interval: time.Duration(rl.Interval)},
 		keyPattern: rl.Key,
-		ipv4Prefix: cmpOrInt(rl.IPv4Prefix, defaultIPv4Prefix),
-		ipv6Prefix: cmpOrInt(rl.IPv6Prefix, defaultIPv6Prefix),
+		ipv4Prefix: cmp.Or(rl.IPv4Prefix, defaultIPv4Prefix),
+		ipv6Prefix: cmp.Or(rl.IPv6Prefix, defaultIPv6Prefix),
 	}
 	if r.limit.interval == 0 {
 		r.limit.interval = defaultInterval
@@ -184,7 +185,7 @@ func (h *Handler) provisionZone(defaultZone string) error {
 	if r.ipv4Prefix < 1 || r.ipv4Prefix > 32 || r.ipv6Prefix < 1 || r.ipv6Prefix > 128 {
 		return errors.New("chatkit: rate_limit ipv4_prefix must be 1-32 and ipv6_prefix 1-128")
 	}
-	maxKeys := cmpOrInt(rl.MaxKeys, defaultMaxKeys)
+	maxKeys := cmp.Or(rl.MaxKeys, defaultMaxKeys)
 	if maxKeys < 1 {
 		return errors.New("chatkit: rate_limit max_keys must be at least 1")
 	}
@@ -234,13 +235,6 @@ func (h *Handler) cleanupRateLimit() {
 		_, _ = zones.Delete(h.limiter.zoneKey)
 		h.limiter = nil
 	}
-}
-
-func cmpOrInt(v, fallback int) int {
-	if v == 0 {
-		return fallback
-	}
-	return v
 }
 
 func ceilSeconds(d time.Duration) int64 {

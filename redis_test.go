@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 )
@@ -367,4 +368,54 @@ func TestRedisRestartMidRun(t *testing.T) {
 	if strings.Contains(string(raw), `"level":"error"`) {
 		t.Fatal("an outage logged at error level")
 	}
+}
+
+// BenchmarkRedisDecision measures what a rate-limit decision costs in Redis
+// mode (one script round trip to a loopback redis-server) against the
+// in-process store, in the same run:
+//
+//	go test -run '^$' -bench RedisDecision -benchmem .
+func BenchmarkRedisDecision(b *testing.B) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		b.Skip("redis-server not installed")
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", b.TempDir())
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	backend, err := newRedisBackend(fmt.Sprintf("redis://127.0.0.1:%d/0", port), "bench", "local", zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer backend.release()
+	for deadline := time.Now().Add(5 * time.Second); backend.client.Ping(context.Background()).Err() != nil; {
+		if time.Now().After(deadline) {
+			b.Fatal("redis-server did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	l := limit{burst: 1 << 30, interval: time.Millisecond}
+	keys := make([]bucketKey, 1024)
+	for i := range keys {
+		keys[i] = stringBucketKey(strconv.Itoa(i))
+	}
+	b.Run("redis", func(b *testing.B) {
+		ctx := context.Background()
+		for i := 0; b.Loop(); i++ {
+			if _, err := backend.allow(ctx, keys[i%len(keys)], l, time.Now()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("local", func(b *testing.B) {
+		store := newBucketStore(4096)
+		for i := 0; b.Loop(); i++ {
+			store.allow(keys[i%len(keys)], l, time.Now().UnixNano())
+		}
+	})
 }

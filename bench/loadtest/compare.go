@@ -26,7 +26,14 @@ type segment struct {
 	caddyHWM, fakeHWM int64         // kB
 	caddyCPU, fakeCPU time.Duration // during the window
 	mallocs, allocB   float64       // Caddy, during the window
+	otherCPU          time.Duration // CPU used by processes not ours during the window
 }
+
+func (g *segment) otherShare() float64 { return g.otherCPU.Seconds() / g.res.window.Seconds() }
+
+// noisy reports whether other processes used over 10% of a core while g
+// was measured.
+func (g *segment) noisy() bool { return g.otherShare() > 0.10 }
 
 func (g *segment) requests() float64 { return float64(g.res.ok + g.res.failed()) }
 
@@ -71,12 +78,19 @@ func runCompare(s *servers) error {
 	var segs []*segment
 	for r := range o.rounds {
 		for _, k := range order(o.targets, r) {
-			g, err := measure(s, clients, ts[k], r+1)
-			if err != nil {
-				return err
+			for try := 0; ; try++ {
+				g, err := measure(s, clients, ts[k], r+1)
+				if err != nil {
+					return err
+				}
+				printSegment(g)
+				if g.noisy() && try < o.retryNoisy {
+					fmt.Printf("    (other processes used %.0f%% of a core: measuring again)\n", 100*g.otherShare())
+					continue
+				}
+				segs = append(segs, g)
+				break
 			}
-			segs = append(segs, g)
-			printSegment(g)
 		}
 	}
 	summarize(o, segs)
@@ -214,10 +228,14 @@ func measure(s *servers, clients []*vclient, t *target, round int) (*segment, er
 		}
 		defer caddy.stop()
 	}
-	var c0, f0 time.Duration
+	var c0, f0, b0 time.Duration
 	var m0, m1 map[string]float64
+	if s.opts.quietWait > 0 {
+		waitQuiet(s.opts.quietWait)
+	}
 	g.res = closedLoop(clients, t, s.opts.warmup, s.opts.duration,
 		func() {
+			b0 = systemBusy()
 			f0 = cpuTime(fake.pid())
 			if caddy != nil {
 				c0 = cpuTime(caddy.pid())
@@ -225,12 +243,16 @@ func measure(s *servers, clients []*vclient, t *target, round int) (*segment, er
 			}
 		},
 		func() {
+			busy := systemBusy() - b0
 			g.fakeCPU = cpuTime(fake.pid()) - f0
 			if caddy != nil {
 				g.caddyCPU = cpuTime(caddy.pid()) - c0
 				m1, _ = metrics(s.adminURL())
 			}
+			g.otherCPU = max(busy-g.fakeCPU-g.caddyCPU, 0)
 		})
+	// The harness's own CPU is measured over the same window.
+	g.otherCPU = max(g.otherCPU-g.res.loadCPU, 0)
 	closeClients(clients)
 	if m0 != nil && m1 != nil && g.requests() > 0 {
 		g.mallocs = (m1["go_memstats_mallocs_total"] - m0["go_memstats_mallocs_total"]) / g.requests()
@@ -253,9 +275,9 @@ func printSegment(g *segment) {
 	if g.target.caddy {
 		caddy = fmt.Sprintf("peak RSS %s, CPU %s/req, %.0f allocs/req (%.1f KB)", fmtMB(g.caddyHWM), fmtDur(g.cpuPerReq(g.caddyCPU)), g.mallocs, g.allocB/1024)
 	}
-	fmt.Printf("round %d (%s) %-14s %8.0f req/s  p50 %-8s p99 %-8s ok %-7d failed %d [%s]\n    caddy: %s; fake: peak RSS %s, CPU %s/req; load generator CPU %.0f%%\n",
+	fmt.Printf("round %d (%s) %-14s %8.0f req/s  p50 %-8s p99 %-8s ok %-7d failed %d [%s]\n    caddy: %s; fake: peak RSS %s, CPU %s/req; load generator CPU %.0f%%; other processes %.0f%% of a core\n",
 		g.round, g.target.key, g.target.name, r.rps(), fmtDur(r.pct(0.50)), fmtDur(r.pct(0.99)), r.ok, r.failed(), r.failureSummary(),
-		caddy, fmtMB(g.fakeHWM), fmtDur(g.cpuPerReq(g.fakeCPU)), 100*r.loadCPU.Seconds()/r.window.Seconds())
+		caddy, fmtMB(g.fakeHWM), fmtDur(g.cpuPerReq(g.fakeCPU)), 100*r.loadCPU.Seconds()/r.window.Seconds(), 100*g.otherCPU.Seconds()/r.window.Seconds())
 }
 
 func median(xs []float64) float64 {
@@ -280,6 +302,7 @@ func summarize(o *options, segs []*segment) {
 	rps, p50, p99, chwm, fhwm, ccpu, fcpu, allocs, allocB, lcpu := stat{}, stat{}, stat{}, stat{}, stat{}, stat{}, stat{}, stat{}, stat{}, stat{}
 	failed := map[string]int64{}
 	total := map[string]int64{}
+	noisy := 0
 	byRound := map[int]map[string]*segment{}
 	for _, g := range segs {
 		k := g.target.key
@@ -293,6 +316,9 @@ func summarize(o *options, segs []*segment) {
 		allocs[k] = append(allocs[k], g.mallocs)
 		allocB[k] = append(allocB[k], g.allocB)
 		lcpu[k] = append(lcpu[k], g.res.loadCPU.Seconds()/g.res.window.Seconds())
+		if g.noisy() {
+			noisy++
+		}
 		failed[k] += g.res.failed()
 		total[k] += g.res.ok + g.res.failed()
 		if byRound[g.round] == nil {
@@ -300,6 +326,15 @@ func summarize(o *options, segs []*segment) {
 		}
 		byRound[g.round][k] = g
 	}
+
+	fmt.Printf("\nevery measurement kept, in run order:\n")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "round\ttarget\treq/s\tp50\tp99\tfailed\tCaddy peak RSS\tCaddy CPU/req\tother processes\t")
+	for _, g := range segs {
+		fmt.Fprintf(tw, "%d\t(%s)\t%.0f\t%s\t%s\t%d\t%s\t%s\t%.0f%%\t\n", g.round, g.target.key, g.res.rps(), fmtDur(g.res.pct(0.5)), fmtDur(g.res.pct(0.99)),
+			g.res.failed(), fmtMB(g.caddyHWM), fmtDur(g.cpuPerReq(g.caddyCPU)), 100*g.otherShare())
+	}
+	tw.Flush()
 
 	fmt.Printf("\nmedians over %d rounds (c=%d, %s each):\n", o.rounds, o.concurrency, o.duration)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -355,6 +390,9 @@ func summarize(o *options, segs []*segment) {
 		if f > 0 {
 			fmt.Printf("WARNING: target (%s) had %d failed requests\n", k, f)
 		}
+	}
+	if noisy > 0 {
+		fmt.Printf("WARNING: in %d of %d measurements other processes used over 10%% of a core: rerun on a quiet machine\n", noisy, len(segs))
 	}
 	if lcpu.med("c") > 0.9 || lcpu.med("a") > 0.9 || lcpu.med("b") > 0.9 {
 		fmt.Println("WARNING: the load generator used over 90% of its core: it may be the bottleneck")

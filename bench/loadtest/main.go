@@ -40,6 +40,8 @@ type options struct {
 	rounds      int
 	targets     string
 
+	quietWait   time.Duration
+	retryNoisy  int
 	pin         bool
 	loadCPUs    string
 	serverCPUs  string
@@ -76,6 +78,8 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each measurement")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; the target order alternates (a b c, c b a, …) and medians are reported")
 	flag.StringVar(&o.targets, "targets", "abc", "targets to measure: a = chatkit start, b = reverse_proxy, c = fake directly")
+	flag.DurationVar(&o.quietWait, "quiet-wait", 2*time.Minute, "before each measurement, wait up to this long for other processes to leave the CPUs idle (0: do not wait)")
+	flag.IntVar(&o.retryNoisy, "retry-noisy", 3, "measure a target again (up to this many times) when other processes used over 10% of a core meanwhile")
 	flag.BoolVar(&o.pin, "pin", true, "pin the load generator and the servers to different cores with taskset")
 	flag.StringVar(&o.loadCPUs, "loadcpu", "0", "taskset CPU list for the load generator")
 	flag.StringVar(&o.serverCPUs, "servercpu", "1", "taskset CPU list for Caddy")

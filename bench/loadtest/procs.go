@@ -58,8 +58,9 @@ func startProc(name string, argv []string, cpus string, gomaxprocs int, env []st
 		cmd.Stdout = io.MultiWriter(logf, stdout)
 	}
 	// Own process group, so a Ctrl-C at the terminal reaches the harness
-	// first and it stops the servers in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// first and it stops the servers in order; and SIGTERM if the harness
+	// dies without doing so (killed, or a closed stdout pipe).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -351,4 +352,51 @@ func (s *servers) reload(ctx context.Context, caddyfile string) (time.Duration, 
 		return time.Since(start), fmt.Errorf("/load: status %d: %s", resp.StatusCode, bytes.TrimSpace(b))
 	}
 	return time.Since(start), nil
+}
+
+// systemBusy is the CPU time all CPUs spent outside idle and iowait since
+// boot, from the first line of /proc/stat.
+func systemBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var ticks int64
+	// user nice system idle iowait irq softirq steal
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		n, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// waitQuiet waits, up to maxWait, until the machine is nearly idle (other
+// processes using under 15% of one core over a second), so that other work
+// on a shared machine does not end up in the numbers. It returns the
+// share of a core others were using when it gave up or went ahead.
+func waitQuiet(maxWait time.Duration) float64 {
+	deadline := time.Now().Add(maxWait)
+	warned := false
+	for {
+		b0, s0 := systemBusy(), selfCPU()
+		time.Sleep(time.Second)
+		busy := (systemBusy() - b0) - (selfCPU() - s0)
+		share := busy.Seconds()
+		if share < 0.15 {
+			return share
+		}
+		if time.Now().After(deadline) {
+			fmt.Printf("WARNING: other processes still use %.0f%% of a core after waiting %s; measuring anyway\n", 100*share, maxWait)
+			return share
+		}
+		if !warned {
+			fmt.Printf("waiting for the machine to quiet down (other processes use %.0f%% of a core)…\n", 100*share)
+			warned = true
+		}
+	}
 }

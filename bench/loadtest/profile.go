@@ -1,3 +1,112 @@
 package main
 
-func runProfile(s *servers) error { return nil }
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// runProfile takes a CPU profile and a delta allocation profile of Caddy
+// from its admin API (/debug/pprof/profile?seconds=N and
+// /debug/pprof/allocs?seconds=N) while each target runs, and prints the
+// top entries with `go tool pprof -top`.
+func runProfile(s *servers) error {
+	o := s.opts
+	ts := targets(s)
+	clients := newClients(o.concurrency, [4]byte{10, 1, 0, 1})
+	defer closeClients(clients)
+	if err := checkTargets(s, clients, ts); err != nil {
+		return err
+	}
+	secs := o.profile
+	for _, k := range o.profileTargets {
+		t := ts[string(k)]
+		if t == nil || !t.caddy {
+			return fmt.Errorf("-profile-targets: %q is not a Caddy target (a or b)", k)
+		}
+		if err := profileTarget(s, clients, t, secs); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("profiles kept in %s\n", o.work)
+	return nil
+}
+
+func profileTarget(s *servers, clients []*vclient, t *target, secs int) error {
+	o := s.opts
+	if o.quietWait > 0 {
+		waitQuiet(o.quietWait)
+	}
+	fake, err := s.startFake()
+	if err != nil {
+		return err
+	}
+	defer fake.stop()
+	caddy, err := s.startCaddy(s.caddyfile(benchConf))
+	if err != nil {
+		return err
+	}
+	defer caddy.stop()
+
+	cpuFile := filepath.Join(o.work, "cpu-"+t.key+".pprof")
+	allocFile := filepath.Join(o.work, "allocs-"+t.key+".pprof")
+	errs := make(chan error, 2)
+	fetch := func(path, file string) {
+		b, status, err := httpGet(s.adminURL() + path)
+		if err == nil && status != 200 {
+			err = fmt.Errorf("%s: status %d: %s", path, status, b)
+		}
+		if err == nil {
+			err = os.WriteFile(file, b, 0o644)
+		}
+		errs <- err
+	}
+	var m0, m1 map[string]float64
+	var c0, c1 time.Duration
+	res := closedLoop(clients, t, o.warmup, time.Duration(secs)*time.Second+500*time.Millisecond,
+		func() {
+			m0, _ = metrics(s.adminURL())
+			c0 = cpuTime(caddy.pid())
+			q := "?seconds=" + strconv.Itoa(secs)
+			go fetch("/debug/pprof/profile"+q, cpuFile)
+			go fetch("/debug/pprof/allocs"+q, allocFile)
+		},
+		func() {
+			m1, _ = metrics(s.adminURL())
+			c1 = cpuTime(caddy.pid())
+		})
+	closeClients(clients)
+	for range 2 {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	n := float64(res.ok + res.failed())
+	fmt.Printf("==== (%s) %s: %d requests in %s (%.0f req/s), p50 %s, p99 %s, failed %d; Caddy CPU %s/req, %.0f allocs/req, %.0f B/req\n",
+		t.key, t.name, res.ok+res.failed(), res.window.Round(time.Millisecond), res.rps(), fmtDur(res.pct(0.5)), fmtDur(res.pct(0.99)), res.failed(),
+		fmtDur(time.Duration(float64(c1-c0)/n)),
+		(m1["go_memstats_mallocs_total"]-m0["go_memstats_mallocs_total"])/n,
+		(m1["go_memstats_alloc_bytes_total"]-m0["go_memstats_alloc_bytes_total"])/n)
+	fmt.Printf("     (a profile second of CPU is %.1f µs per request at this rate)\n\n", 1e6/res.rps())
+
+	pprof := func(title string, args ...string) {
+		fmt.Printf("---- (%s) %s: go tool pprof %v\n", t.key, title, args)
+		cmd := exec.Command("go", append([]string{"tool", "pprof"}, args...)...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Printf("(go tool pprof failed: %v)\n", err)
+		}
+		fmt.Println()
+	}
+	bin := o.caddyBin
+	pprof("CPU, top 25 by flat time", "-top", "-nodecount=25", bin, cpuFile)
+	pprof("CPU, top 25 by cumulative time", "-top", "-cum", "-nodecount=25", bin, cpuFile)
+	pprof("CPU, the chatkit package's functions by cumulative time", "-top", "-cum", "-nodecount=30", "-show=caddy-chatkit/caddy-chatkit\\.", bin, cpuFile)
+	pprof("allocations, top 25 by objects", "-top", "-nodecount=25", "-sample_index=alloc_objects", bin, allocFile)
+	pprof("allocations, top 25 by bytes", "-top", "-nodecount=25", "-sample_index=alloc_space", bin, allocFile)
+	pprof("allocations by the chatkit package, cumulative objects", "-top", "-cum", "-nodecount=30", "-sample_index=alloc_objects", "-show=caddy-chatkit/caddy-chatkit\\.", bin, allocFile)
+	return nil
+}

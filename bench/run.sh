@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The load harness of Step 7, one command from anywhere in the checkout:
+#
+#	bash bench/run.sh                 # (a) chatkit vs (b) reverse_proxy vs (c) the fake, 3 rounds
+#	bash bench/run.sh -flood          # 1,000,000 client addresses against start
+#	bash bench/run.sh -soak           # 60 s at 200 req/s, config reload every 10 s
+#	bash bench/run.sh -profile 10     # pprof CPU and allocs of (a) and (b)
+#	bash bench/run.sh -h              # every flag
+#
+# Needs Go >= 1.26 and taskset (util-linux). Everything runs on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v taskset >/dev/null; then
+	echo "bench/run.sh: taskset not found (Debian: apt-get install util-linux), or pass -pin=false" >&2
+fi
+exec go run ./bench/loadtest "$@"
