@@ -15,6 +15,7 @@ package chatkit
 // at steady state, allocates nothing.
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"hash/maphash"
 	"math"
@@ -90,19 +91,15 @@ func ipBucketKey(ip netip.Addr, ipv4Prefix, ipv6Prefix int) bucketKey {
 	return k
 }
 
-// Fixed per-process seeds for stringBucketKey: keys must be stable for the
-// life of the process (they are looked up again on every request), and must
-// not be predictable from outside it.
-var stringKeySeed0, stringKeySeed1 = maphash.MakeSeed(), maphash.MakeSeed()
-
 // stringBucketKey returns the bucket key of a non-IP key such as a user id:
-// two 64-bit maphash sums under independent per-process random seeds, with
-// 9 bits overwritten by the string-domain tag (119 hash bits remain). It
-// does not allocate.
+// SHA-256 of the string with 9 bits overwritten by the string-domain tag
+// (119 hash bits remain). It must be the same in every process, because
+// instances sharing Redis look the same client up under this key; and it
+// must resist chosen collisions, because clients often control the string.
 func stringBucketKey(s string) bucketKey {
+	sum := sha256.Sum256([]byte(s))
 	var k bucketKey
-	binary.LittleEndian.PutUint64(k[:8], maphash.String(stringKeySeed0, s))
-	binary.LittleEndian.PutUint64(k[8:], maphash.String(stringKeySeed1, s))
+	copy(k[:], sum[:16])
 	k[0] = 0xff
 	k[15] |= 1
 	return k

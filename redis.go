@@ -19,7 +19,7 @@ import (
 // only add this much to a request, and after a failure Redis is skipped for
 // a short while so an outage does not add it to every request.
 const (
-	redisOpTimeout    = 250 * time.Millisecond
+	redisOpTimeout    = 500 * time.Millisecond
 	redisRetryBackoff = 2 * time.Second
 )
 
@@ -67,6 +67,7 @@ func newRedisBackend(rawURL, zoneKey, onError string, logger *zap.Logger) (*redi
 	opts.WriteTimeout = redisOpTimeout
 	opts.PoolTimeout = redisOpTimeout
 	opts.MaxRetries = -1 // one attempt: the fallback is the retry
+	opts.DialerRetries = 1
 	opts.ContextTimeoutEnabled = true
 	val, _, err := redisClients.LoadOrNew(resolved, func() (caddy.Destructor, error) {
 		client := redis.NewClient(opts)

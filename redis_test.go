@@ -54,6 +54,44 @@ func startRedis(t *testing.T) *redisServer {
 
 func (s *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
 
+// sharedRedisURL is the test script's redis-server when it started one
+// (CHATKIT_TEST_REDIS_URL), else one of this test's own. Tests using it keep
+// to their own zones, so they never see each other's keys.
+func sharedRedisURL(t *testing.T) (string, *redis.Client) {
+	t.Helper()
+	if u := os.Getenv("CHATKIT_TEST_REDIS_URL"); u != "" {
+		opts, err := redis.ParseURL(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := redis.NewClient(opts)
+		t.Cleanup(func() { c.Close() })
+		return u, c
+	}
+	srv := startRedis(t)
+	c := srv.client()
+	t.Cleanup(func() { c.Close() })
+	return srv.url(), c
+}
+
+// forgetZone deletes a zone's keys, so a rerun against the same server
+// starts clean.
+func forgetZone(t *testing.T, c *redis.Client, zone string) {
+	t.Helper()
+	for _, k := range redisKeys(t, c, "*chatkit:zone:"+zone+":*") {
+		c.Del(context.Background(), k)
+	}
+}
+
+func redisKeys(t *testing.T, c *redis.Client, pattern string) []string {
+	t.Helper()
+	keys, err := c.Keys(context.Background(), pattern).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
 func (s *redisServer) start() {
 	s.t.Helper()
 	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
@@ -169,9 +207,15 @@ http://localhost:9081 {
 	}
 }
 
-func postTo(t *testing.T, c *http.Client, base, path, body string) reply {
+// postAs posts an empty body as the client named in X-Client.
+func postAs(t *testing.T, c *http.Client, base, path, clientID string) reply {
 	t.Helper()
-	resp, err := c.Post(base+path, "application/json", strings.NewReader(body))
+	req, err := http.NewRequest("POST", base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Client", clientID)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,18 +224,26 @@ func postTo(t *testing.T, c *http.Client, base, path, body string) reply {
 }
 
 func TestRedisSharesLimitsAcrossInstances(t *testing.T) {
-	srv := startRedis(t)
+	redisURL, rc := sharedRedisURL(t)
+	forgetZone(t, rc, "shared")
 	fake := newFake(t)
-	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\tbudget 6 1h\n\t\trevoke_on_refresh on\n\t\trate_limit 4 1s {\n\t\t\tzone shared\n\t\t\tredis %s\n\t\t}",
-		fake.URL(), fakeopenai.DefaultAPIKey, srv.url())
+	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\tbudget 8 1h\n\t\trevoke_on_refresh on\n\t\trate_limit 4 2s {\n\t\t\tzone shared\n\t\t\tkey {http.request.header.X-Client}\n\t\t\tredis %s\n\t\t}",
+		fake.URL(), fakeopenai.DefaultAPIKey, redisURL)
 	newTester(t, caddyConfig("", block, ""))
 	startSecondCaddy(t, block)
 	bases := []string{siteURL, "http://localhost:9081"}
 	c := plainClient(t)
+	// Warm both instances' Redis connections with another client's key
+	// (they also spend 2 of the budget's 8).
+	for _, base := range bases {
+		if r := postAs(t, c, base, "/api/chatkit/start", "warm-up"); r.status != http.StatusOK {
+			t.Fatalf("warm-up via %s: %d", base, r.status)
+		}
+	}
 
 	// A client alternating between the instances gets exactly the burst.
 	for i := 0; i < 6; i++ {
-		r := postTo(t, c, bases[i%2], "/api/chatkit/start", "")
+		r := postAs(t, c, bases[i%2], "/api/chatkit/start", "client-a")
 		want := http.StatusOK
 		if i >= 4 {
 			want = http.StatusTooManyRequests
@@ -200,34 +252,35 @@ func TestRedisSharesLimitsAcrossInstances(t *testing.T) {
 			t.Fatalf("request %d via %s: %d, want %d", i, bases[i%2], r.status, want)
 		}
 	}
-	// The same refill as on one instance: one token per second.
-	time.Sleep(1100 * time.Millisecond)
-	if r := postTo(t, c, bases[1], "/api/chatkit/start", ""); r.status != http.StatusOK {
+	// The same refill as on one instance: one token per interval. (Redis
+	// keeps its own clock, so this waits in real time.)
+	time.Sleep(2100 * time.Millisecond)
+	if r := postAs(t, c, bases[1], "/api/chatkit/start", "client-a"); r.status != http.StatusOK {
 		t.Fatalf("after one interval: %d", r.status)
 	}
-	if r := postTo(t, c, bases[0], "/api/chatkit/start", ""); r.status != http.StatusTooManyRequests {
+	if r := postAs(t, c, bases[0], "/api/chatkit/start", "client-a"); r.status != http.StatusTooManyRequests {
 		t.Fatalf("second request after one interval: %d", r.status)
 	}
-	if n := len(srv.keys(t, "*chatkit:zone:shared:*")); n < 2 {
+	if n := len(redisKeys(t, rc, "*chatkit:zone:shared:*")); n < 2 {
 		t.Fatalf("%d chatkit keys in Redis: the limits did not go there", n)
 	}
 
-	// The budget (6 per hour) is counted across both instances: 5 spent.
-	time.Sleep(1100 * time.Millisecond)
-	if r := postTo(t, c, bases[0], "/api/chatkit/start", ""); r.status != http.StatusOK {
-		t.Fatalf("sixth session: %d", r.status)
+	// The budget (8 per hour) is counted across both instances: 7 sessions
+	// so far; a fresh client gets the eighth, then the budget refuses.
+	if r := postAs(t, c, bases[0], "/api/chatkit/start", "client-b"); r.status != http.StatusOK {
+		t.Fatalf("eighth session: %d", r.status)
 	}
-	time.Sleep(1100 * time.Millisecond)
-	if r := postTo(t, c, bases[1], "/api/chatkit/start", ""); r.status != http.StatusServiceUnavailable {
-		t.Fatalf("seventh session past a budget of 6: %d", r.status)
+	if r := postAs(t, c, bases[1], "/api/chatkit/start", "client-b"); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("ninth session past a budget of 8: %d", r.status)
 	}
 }
 
 func TestRedisRevokeRegistryAcrossInstances(t *testing.T) {
-	srv := startRedis(t)
+	redisURL, rc := sharedRedisURL(t)
+	forgetZone(t, rc, "revoke-shared")
 	fake := newFake(t)
 	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\tuser {http.request.header.X-Test-User}\n\t\trevoke_on_refresh on\n\t\trate_limit 100 1s {\n\t\t\tzone revoke-shared\n\t\t\tredis %s\n\t\t}",
-		fake.URL(), fakeopenai.DefaultAPIKey, srv.url())
+		fake.URL(), fakeopenai.DefaultAPIKey, redisURL)
 	newTester(t, caddyConfig("", block, ""))
 	startSecondCaddy(t, block)
 
@@ -254,7 +307,7 @@ func TestRedisRevokeRegistryAcrossInstances(t *testing.T) {
 	if countCancels(fake) != 1 || fake.Sessions()[0].Status != "cancelled" {
 		t.Fatalf("the other instance did not cancel %s (%d cancels)", first.ID, countCancels(fake))
 	}
-	for _, k := range srv.keys(t, "chatkit:*:sess:*") {
+	for _, k := range redisKeys(t, rc, "chatkit:zone:revoke-shared:sess:*") {
 		if strings.Contains(k, first.ClientSecret) {
 			t.Fatal("a client secret is stored in Redis in the clear")
 		}

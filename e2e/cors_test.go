@@ -37,6 +37,7 @@ func (tb *tab) crossResult(t *testing.T, pageURL string) crossResult {
 // preflight; a page on an origin not listed is refused by the browser
 // itself, and OpenAI is never called for it.
 func TestCrossOriginPage(t *testing.T) {
+	needBrowser(t)
 	fake := newFake(t)
 	dir := t.TempDir()
 	apiPort, allowedPort, deniedPort := freePort(t), freePort(t), freePort(t)

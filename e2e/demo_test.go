@@ -81,6 +81,7 @@ const demoStarted = `document.getElementById('status').dataset.state === 'ok'`
 // Content-Type), shows the secret masked, holds the signed HttpOnly cookie,
 // and on Refresh sends {"currentClientSecret"} for the same user.
 func TestDemoStartThenRefresh(t *testing.T) {
+	needBrowser(t)
 	fake := newFake(t)
 	pageURL, _, accessLog := demoSite(t, fake, "wf_e2e_start", "")
 	tb := newTab(t)
@@ -186,7 +187,8 @@ func TestDemoStartThenRefresh(t *testing.T) {
 	if p.RequestID != loggedRefresh.respHeader("X-Request-Id") {
 		t.Errorf("#request-id after refresh = %q, want %q", p.RequestID, loggedRefresh.respHeader("X-Request-Id"))
 	}
-	if len(p.Log) != 2 || !strings.Contains(p.Log[0], "refresh  200") || !strings.Contains(p.Log[1], "start  200") {
+	if len(p.Log) != 2 || !strings.Contains(p.Log[0], " refresh 200 ") || !strings.Contains(p.Log[1], " start 200 ") ||
+		!strings.HasSuffix(p.Log[0], loggedRefresh.respHeader("X-Request-Id")) {
 		t.Errorf("#log = %q, want the refresh above the start, both 200", p.Log)
 	}
 
@@ -233,9 +235,27 @@ func screenshot(t *testing.T, tb *tab) {
 	t.Logf("screenshot: %s", target)
 }
 
+// debugShot saves a screenshot to $E2E_SHOTS/<name>.png when that is set,
+// for looking at a state of the page a test reached.
+func debugShot(t *testing.T, tb *tab, name string) {
+	t.Helper()
+	dir := os.Getenv("E2E_SHOTS")
+	if dir == "" {
+		return
+	}
+	buf, err := chromedp.Run(within(t, tb.ctx, shortWait), chromedp.CaptureScreenshot())
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, name+".png"), buf, 0o644)
+	}
+	if err != nil {
+		t.Logf("screenshot %s: %v", name, err)
+	}
+}
+
 // TestDemoReloadKeepsUserClearingCookiesDoesNot: the cookie is the
 // visitor's identity; a reload keeps it, clearing cookies starts afresh.
 func TestDemoReloadKeepsUserClearingCookiesDoesNot(t *testing.T) {
+	needBrowser(t)
 	fake := newFake(t)
 	pageURL, _, _ := demoSite(t, fake, "wf_e2e_reload", "")
 	tb := newTab(t)
@@ -278,6 +298,7 @@ func TestDemoReloadKeepsUserClearingCookiesDoesNot(t *testing.T) {
 // retry time and the RateLimit headers, and the fake is not called past
 // the burst.
 func TestDemoRateLimitOnPage(t *testing.T) {
+	needBrowser(t)
 	fake := newFake(t)
 	pageURL, _, accessLog := demoSite(t, fake, "wf_e2e_ratelimit", "rate_limit 3 1m")
 	tb := newTab(t)
@@ -306,10 +327,7 @@ func TestDemoRateLimitOnPage(t *testing.T) {
 		t.Errorf("Caddy answered %d requests 429, want %d", limited, 1+clicks-3)
 	}
 
-	if dir := os.Getenv("E2E_SHOTS"); dir != "" {
-		buf, _ := chromedp.Run(within(t, tb.ctx, shortWait), chromedp.CaptureScreenshot())
-		os.WriteFile(filepath.Join(dir, "ratelimit.png"), buf, 0o644)
-	}
+	debugShot(t, tb, "ratelimit")
 	p := tb.demo(t)
 	// The error box: code, message with the retry time, request id.
 	retry := regexp.MustCompile(`retry in (\d+)s`).FindStringSubmatch(p.Error)
@@ -320,6 +338,10 @@ func TestDemoRateLimitOnPage(t *testing.T) {
 		if s, _ := strconv.Atoi(retry[1]); s < 1 || s > 60 {
 			t.Errorf("retry in %ss, want 1..60 for rate_limit 3 1m", retry[1])
 		}
+	}
+	// ... and a live countdown to the time Retry-After gives.
+	if !regexp.MustCompile(`retry after: [01]:\d\d \(at `).MatchString(p.Error) {
+		t.Errorf("#error = %q, want a retry-after countdown", p.Error)
 	}
 	if !regexp.MustCompile(`Retry-After: \d+`).MatchString(p.RateLimit) || !strings.Contains(p.RateLimit, `RateLimit: "chatkit";r=0;t=`) {
 		t.Errorf("#ratelimit = %q, want Retry-After and RateLimit with r=0", p.RateLimit)

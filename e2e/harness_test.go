@@ -52,6 +52,21 @@ func chromiumPath() string {
 	return ""
 }
 
+// needBrowser skips the test when there is no Chromium, or fails it when
+// CHATKIT_REQUIRE_BROWSER is set. Tests call it first, before starting
+// anything.
+func needBrowser(t *testing.T) string {
+	t.Helper()
+	path := chromiumPath()
+	if path == "" {
+		if os.Getenv(requireBrowserEnv) != "" {
+			t.Fatalf("%s is set but no Chromium was found (apt-get install chromium)", requireBrowserEnv)
+		}
+		t.Skipf("no Chromium (apt-get install chromium); set %s to make this a failure", requireBrowserEnv)
+	}
+	return path
+}
+
 // netLog records the browser's view of the network: every request the
 // tab was about to send (preflights included) and every one that failed.
 type netLog struct {
@@ -115,13 +130,7 @@ type tab struct {
 // then fails at once, the way the page must cope with offline).
 func newTab(t *testing.T) *tab {
 	t.Helper()
-	path := chromiumPath()
-	if path == "" {
-		if os.Getenv(requireBrowserEnv) != "" {
-			t.Fatalf("%s is set but no Chromium was found (apt-get install chromium)", requireBrowserEnv)
-		}
-		t.Skipf("no Chromium (apt-get install chromium); set %s to make this a failure", requireBrowserEnv)
-	}
+	path := needBrowser(t)
 	profile, err := os.MkdirTemp("", "chatkit-e2e-chromium-")
 	if err != nil {
 		t.Fatal(err)

@@ -96,6 +96,7 @@ func (s *chatKitServer) seen() (identities, types []string) {
 // protected path; Caddy adds the visitor's identity, proxies it to the
 // self-hosted server and the page renders each event as it arrives.
 func TestProtectStreamsToPage(t *testing.T) {
+	needBrowser(t)
 	fake := newFake(t)
 	backend := newChatKitServer(t)
 	dir := t.TempDir()

@@ -8,10 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need. Empty for now; later steps add
-# redis-server (shared rate-limit state) and chromium (browser tests of the
-# demo page).
-APT_PACKAGES=()
+# Debian packages the tests need: a real Redis for the distributed mode and
+# a real browser for the end-to-end tests of the demo page.
+APT_PACKAGES=(redis-server chromium)
 
 XCADDY_VERSION=v0.4.5
 CADDY_VERSION=v2.11.9
@@ -21,6 +20,9 @@ STEP="setup"
 TMP=$(mktemp -d)
 finish() {
 	local rc=$?
+	if [[ -f $TMP/redis.pid ]]; then
+		kill "$(cat "$TMP/redis.pid")" 2>/dev/null || true
+	fi
 	rm -rf "$TMP"
 	if ((rc != 0)); then
 		printf '\nscripts/test.sh: FAILED during: %s (exit %d)\n' "$STEP" "$rc"
@@ -49,7 +51,7 @@ if ((major < 1 || (major == 1 && minor < 26))); then
 fi
 echo "$gover"
 
-step "checking Debian packages: ${APT_PACKAGES[*]:-(none needed yet)}"
+step "checking Debian packages: ${APT_PACKAGES[*]}"
 install_apt_packages() {
 	local missing=() p
 	for p in "${APT_PACKAGES[@]}"; do
@@ -87,6 +89,20 @@ echo "all formatted"
 step "go vet ./..."
 go vet ./...
 echo "vet clean"
+
+# One redis-server on a free loopback port for the tests (a test that kills
+# and restarts Redis starts its own). Installed above, so tests that need
+# Redis or Chromium fail here rather than skip.
+step "starting redis-server on a free loopback port"
+REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 16379)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" --daemonize yes --pidfile "$TMP/redis.pid" >/dev/null
+for _ in $(seq 50); do
+	redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+	sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping
+export CHATKIT_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+export CHATKIT_REQUIRE_REDIS=1 CHATKIT_REQUIRE_BROWSER=1
 
 # -p 1: the root package's caddytest tests use fixed ports (admin 2999,
 # HTTP 9080/9443) and Caddy is one global instance per process, so no two

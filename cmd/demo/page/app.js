@@ -9,7 +9,9 @@ const CHATKIT_TIMEOUT_MS = 5000;
 const SHOWN_HEADERS = ['RateLimit', 'RateLimit-Policy', 'Retry-After'];
 const MAX_LOG = 20;
 
-const state = { secret: null, expiresAt: null, backend: 'unknown' };
+// retryAt is when the last error's Retry-After says to try again (Unix
+// seconds), shown as a countdown under the error.
+const state = { secret: null, expiresAt: null, retryAt: null, backend: 'unknown' };
 
 const $ = (id) => document.getElementById(id);
 
@@ -61,7 +63,7 @@ async function post(kind, currentClientSecret) {
     const error = body && typeof body.error === 'string'
       ? body
       : { error: res.ok ? 'invalid_response' : 'http_' + res.status, message: 'the answer was not the expected JSON', request_id: requestID };
-    showError(res.status, error);
+    showError(res.status, error, retryAfter(res.headers));
     logCall(kind, res.status, began, requestID, error.error);
     setStatus('error', kind + ' failed (' + res.status + ')');
     throw new Error(kind + ' failed: ' + res.status + ' ' + error.error);
@@ -92,8 +94,17 @@ function renderSecret() {
   tick();
 }
 
-// tick updates the expiry countdown.
+// retryAfter reads a Retry-After header in seconds (the module never sends
+// the date form) as a Unix time, or null.
+function retryAfter(headers) {
+  const v = headers.get('Retry-After');
+  if (v === null || !/^\d+$/.test(v.trim())) return null;
+  return Math.floor(Date.now() / 1000) + Number(v.trim());
+}
+
+// tick updates the expiry and retry countdowns.
 function tick() {
+  tickRetry();
   const el = $('expires');
   if (state.expiresAt == null) {
     el.textContent = '—';
@@ -136,25 +147,60 @@ function showHeaders(headers) {
   }
 }
 
-function showError(status, e) {
+function showError(status, e, retryAt) {
   const el = $('error');
   el.dataset.error = e.error || 'error';
   el.textContent = (status ? 'HTTP ' + status + ' · ' : '') + 'error: ' + (e.error || '?') +
     '\nmessage: ' + (e.message || '') +
     '\nrequest_id: ' + (e.request_id || '—');
+  state.retryAt = retryAt == null ? null : retryAt;
+  if (state.retryAt != null) {
+    el.appendChild(document.createTextNode('\n'));
+    const retry = document.createElement('span');
+    retry.id = 'retry';
+    el.appendChild(retry);
+    tickRetry();
+  }
+}
+
+// tickRetry counts down to the time Retry-After gave.
+function tickRetry() {
+  const el = $('retry');
+  if (!el || state.retryAt == null) return;
+  const left = state.retryAt - Math.floor(Date.now() / 1000);
+  const at = new Date(state.retryAt * 1000).toLocaleTimeString();
+  el.textContent = left > 0
+    ? 'retry after: ' + duration(left) + ' (at ' + at + ')'
+    : 'retry after: now (since ' + at + ')';
 }
 
 function clearError() {
   const el = $('error');
   el.dataset.error = '';
   el.textContent = 'none';
+  state.retryAt = null;
 }
 
+// logCall adds a row to the call log: time, call, status, duration, what
+// came back and the request id, in columns.
 function logCall(kind, status, began, requestID, note) {
   const li = document.createElement('li');
   const ms = Math.round(performance.now() - began);
-  li.textContent = new Date().toLocaleTimeString() + '  ' + kind + '  ' +
-    (status || '—') + '  ' + ms + ' ms  ' + note + (requestID ? '  [' + requestID + ']' : '');
+  const cells = [
+    ['when', new Date().toLocaleTimeString()],
+    ['kind', kind],
+    ['code', status ? String(status) : '—'],
+    ['ms', ms + ' ms'],
+    ['note', note],
+    ['rid', requestID],
+  ];
+  cells.forEach(([cls, text], i) => {
+    if (i > 0) li.appendChild(document.createTextNode(' '));
+    const cell = document.createElement('span');
+    cell.className = cls;
+    cell.textContent = text;
+    li.appendChild(cell);
+  });
   if (!(status >= 200 && status < 300)) li.className = 'bad';
   const log = $('log');
   log.prepend(li);
