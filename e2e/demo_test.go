@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"image/png"
@@ -63,15 +64,15 @@ func mask(secret string) string { return secret[:6] + "…" }
 
 // demoSite serves the demo page with the chatkit handler in front of it,
 // as cmd/demo does, on a free port; it returns the page's URL.
-func demoSite(t *testing.T, fake *fakeopenai.Server, workflow, extra string) (pageURL string, s *site, accessLog string) {
+func demoSite(t *testing.T, fake *fakeopenai.Server, workflow, extra string) (pageURL, accessLog string) {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
 	root := demoPageRoot(t)
-	s = startCaddy(t, dir, siteBlock(dir, port, chatkitBlock(fake, workflow, extra)+`
+	startCaddy(t, dir, siteBlock(dir, port, chatkitBlock(fake, workflow, extra)+`
 	root * `+root+`
 	file_server`))
-	return fmt.Sprintf("http://localhost:%d/", port), s, accessLogPath(dir, port)
+	return fmt.Sprintf("http://localhost:%d/", port), accessLogPath(dir, port)
 }
 
 const demoStarted = `document.getElementById('status').dataset.state === 'ok'`
@@ -83,7 +84,7 @@ const demoStarted = `document.getElementById('status').dataset.state === 'ok'`
 func TestDemoStartThenRefresh(t *testing.T) {
 	needBrowser(t)
 	fake := newFake(t)
-	pageURL, _, accessLog := demoSite(t, fake, "wf_e2e_start", "")
+	pageURL, accessLog := demoSite(t, fake, "wf_e2e_start", "")
 	tb := newTab(t)
 
 	tb.do(t, "loading the demo page", chromedp.Navigate(pageURL))
@@ -208,8 +209,6 @@ func TestDemoStartThenRefresh(t *testing.T) {
 // a test run leaves the work tree alone.
 func screenshot(t *testing.T, tb *tab) {
 	t.Helper()
-	// A stable picture: the countdown text changes every second, the rest
-	// is what the test just checked.
 	buf, err := chromedp.Run(within(t, tb.ctx, shortWait), chromedp.CaptureScreenshot())
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
@@ -252,12 +251,13 @@ func debugShot(t *testing.T, tb *tab, name string) {
 	}
 }
 
-// TestDemoReloadKeepsUserClearingCookiesDoesNot: the cookie is the
-// visitor's identity; a reload keeps it, clearing cookies starts afresh.
-func TestDemoReloadKeepsUserClearingCookiesDoesNot(t *testing.T) {
+// TestDemoVisitorIdentity: the cookie is the visitor's identity. A reload
+// keeps it; a cookie edited in the browser (another visitor's id under the
+// old signature) is not believed; clearing cookies starts afresh.
+func TestDemoVisitorIdentity(t *testing.T) {
 	needBrowser(t)
 	fake := newFake(t)
-	pageURL, _, _ := demoSite(t, fake, "wf_e2e_reload", "")
+	pageURL, _ := demoSite(t, fake, "wf_e2e_reload", "")
 	tb := newTab(t)
 
 	tb.do(t, "loading the demo page", chromedp.Navigate(pageURL))
@@ -268,11 +268,42 @@ func TestDemoReloadKeepsUserClearingCookiesDoesNot(t *testing.T) {
 		t.Fatal("no chatkit_uid cookie after start")
 	}
 
-	tb.do(t, "reloading", chromedp.Reload())
-	tb.waitFor(t, "the start after reload", demoStarted, shortWait)
-	waitUntil(t, "a second create call", func() bool { return fake.CreateCount() == 2 })
-	if got := fake.Sessions()[1].User; got != user {
+	reload := func(what string, creates int) string {
+		t.Helper()
+		tb.do(t, "reloading "+what, chromedp.Reload())
+		tb.waitFor(t, "the start after reloading "+what, demoStarted, shortWait)
+		waitUntil(t, fmt.Sprintf("create call %d", creates), func() bool { return fake.CreateCount() == creates })
+		return fake.Sessions()[creates-1].User
+	}
+
+	if got := reload("", 2); got != user {
 		t.Fatalf("after reload the user is %q, before %q", got, user)
+	}
+
+	// Forge: the same cookie with one byte of the visitor id changed, the
+	// expiry and signature kept. (Layout: version, 16 id bytes, expiry,
+	// HMAC; base64url.)
+	raw, err := base64.RawURLEncoding.DecodeString(cookie.Value)
+	if err != nil || len(raw) < 17 {
+		t.Fatalf("chatkit_uid %q is not the documented base64url layout: %v", cookie.Value, err)
+	}
+	raw[1] ^= 0xff
+	forgedUser := "anon:" + base64.RawURLEncoding.EncodeToString(raw[1:17])
+	if _, err := chromedp.Call(within(t, tb.ctx, shortWait), network.SetCookie, network.SetCookieParams{
+		Name: "chatkit_uid", Value: base64.RawURLEncoding.EncodeToString(raw), URL: pageURL,
+		Path: "/", HTTPOnly: new(true), SameSite: network.CookieSameSiteLax,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	forged := reload("with a forged cookie", 3)
+	if forged == user || forged == forgedUser || !strings.HasPrefix(forged, "anon:") {
+		t.Fatalf("with a forged cookie the user is %q (original %q, forged %q): want a new id", forged, user, forgedUser)
+	}
+	if c := findCookie(tb.cookies(t, pageURL), "chatkit_uid"); c == nil || c.Value == cookie.Value || c.Value == base64.RawURLEncoding.EncodeToString(raw) {
+		t.Fatal("the forged cookie was not replaced")
+	}
+	if got := reload("after the forgery", 4); got != forged {
+		t.Fatalf("the replacement cookie did not hold: %q, then %q", forged, got)
 	}
 
 	if _, err := chromedp.Call(within(t, tb.ctx, shortWait), network.ClearBrowserCookies, cdp.Empty{}); err != nil {
@@ -281,16 +312,12 @@ func TestDemoReloadKeepsUserClearingCookiesDoesNot(t *testing.T) {
 	if c := findCookie(tb.cookies(t, pageURL), "chatkit_uid"); c != nil {
 		t.Fatal("chatkit_uid survived ClearBrowserCookies")
 	}
-	tb.do(t, "reloading", chromedp.Reload())
-	tb.waitFor(t, "the start after clearing cookies", demoStarted, shortWait)
-	waitUntil(t, "a third create call", func() bool { return fake.CreateCount() == 3 })
-	third := fake.Sessions()[2].User
-	if third == user || !strings.HasPrefix(third, "anon:") {
-		t.Fatalf("after clearing cookies the user is %q, want a new anonymous id (was %q)", third, user)
+	fresh := reload("with no cookies", 5)
+	if fresh == user || fresh == forged || !strings.HasPrefix(fresh, "anon:") {
+		t.Fatalf("after clearing cookies the user is %q, want a new anonymous id (had %q, %q)", fresh, user, forged)
 	}
-	fresh := findCookie(tb.cookies(t, pageURL), "chatkit_uid")
-	if fresh == nil || fresh.Value == cookie.Value {
-		t.Fatal("clearing cookies did not lead to a new chatkit_uid cookie")
+	if c := findCookie(tb.cookies(t, pageURL), "chatkit_uid"); c == nil {
+		t.Fatal("no new chatkit_uid cookie after clearing cookies")
 	}
 }
 
@@ -300,7 +327,7 @@ func TestDemoReloadKeepsUserClearingCookiesDoesNot(t *testing.T) {
 func TestDemoRateLimitOnPage(t *testing.T) {
 	needBrowser(t)
 	fake := newFake(t)
-	pageURL, _, accessLog := demoSite(t, fake, "wf_e2e_ratelimit", "rate_limit 3 1m")
+	pageURL, accessLog := demoSite(t, fake, "wf_e2e_ratelimit", "rate_limit 3 1m")
 	tb := newTab(t)
 
 	tb.do(t, "loading the demo page", chromedp.Navigate(pageURL))

@@ -164,7 +164,7 @@ func newTab(t *testing.T) *tab {
 		cancelTab()
 		cancelAlloc()
 		if t.Failed() && browserOut.Len() > 0 {
-			t.Logf("chromium output:\n%s", lastLines(browserOut.String(), 30))
+			t.Logf("chromium output:\n%s", lastLines(withoutDBus(browserOut.String()), 30))
 		}
 		os.RemoveAll(profile)
 	})
@@ -250,13 +250,6 @@ func findCookie(cs []*network.Cookie, name string) *network.Cookie {
 	return nil
 }
 
-// site is a running Caddy (one per test: Caddy is process-global) with
-// its log files.
-type site struct {
-	dir      string // storage and logs
-	caddyLog string
-}
-
 // freePort picks a free loopback port. The root package's fixed ports
 // (2999, 9080, 9081, 9443) are below the ephemeral range it comes from.
 func freePort(t *testing.T) int {
@@ -269,11 +262,13 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startCaddy runs Caddy in this process with the given site blocks (each
-// made with siteBlock) and stops it when the test ends.
-func startCaddy(t *testing.T, dir string, blocks ...string) *site {
+// startCaddy runs Caddy in this process (one per test: Caddy is a
+// process-wide singleton) with the given site blocks, each made with
+// siteBlock, its storage and logs in dir, and stops it when the test ends.
+// On failure the test log shows the Caddyfile and Caddy's own log.
+func startCaddy(t *testing.T, dir string, blocks ...string) {
 	t.Helper()
-	s := &site{dir: dir, caddyLog: filepath.Join(dir, "caddy.log")}
+	caddyLog := filepath.Join(dir, "caddy.log")
 	caddyfile := fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -286,7 +281,7 @@ func startCaddy(t *testing.T, dir string, blocks ...string) *site {
 }
 
 %s
-`, filepath.Join(dir, "storage"), s.caddyLog, strings.Join(blocks, "\n"))
+`, filepath.Join(dir, "storage"), caddyLog, strings.Join(blocks, "\n"))
 	caddyfile = string(caddyfileFmt.Format([]byte(caddyfile)))
 	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "e2e"})
 	if err != nil {
@@ -303,11 +298,10 @@ func startCaddy(t *testing.T, dir string, blocks ...string) *site {
 			t.Errorf("stopping Caddy: %v", err)
 		}
 		if t.Failed() {
-			b, _ := os.ReadFile(s.caddyLog)
+			b, _ := os.ReadFile(caddyLog)
 			t.Logf("Caddyfile:\n%s\nCaddy log (last lines):\n%s", caddyfile, lastLines(string(b), 40))
 		}
 	})
-	return s
 }
 
 // siteBlock is one http:// site on a loopback port with a JSON access log
@@ -501,6 +495,18 @@ func (s *syncBuffer) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Len()
+}
+
+// withoutDBus drops Chromium's complaints about the missing D-Bus (there
+// is none in containers and CI), which would hide anything useful.
+func withoutDBus(s string) string {
+	var keep []string
+	for _, line := range strings.Split(s, "\n") {
+		if !strings.Contains(line, "dbus") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 func lastLines(s string, n int) string {
