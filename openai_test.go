@@ -1,7 +1,6 @@
 package chatkit
 
 import (
-	"bufio"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -238,43 +237,3 @@ func TestRevokeOnRefresh(t *testing.T) {
 	assertNoLeakedGoroutines(t)
 }
 
-// scrapeCounter reads one sample from the admin metrics endpoint.
-func scrapeCounter(t *testing.T, series string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://localhost:2999/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			v, err := strconv.ParseFloat(rest, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-	}
-	return 0
-}
-
-func TestMetricsSurviveReload(t *testing.T) {
-	fake := newFake(t)
-	startSite(t, fake, "", "", "")
-	series := `caddy_chatkit_requests_total{endpoint="start",outcome="success"}`
-	before := scrapeCounter(t, series)
-	expectSecret(t, do(t, client(t), "POST", "/api/chatkit/start", ""), fake)
-	if got := scrapeCounter(t, series); got != before+1 {
-		t.Fatalf("%s = %v, want %v", series, got, before+1)
-	}
-	startSite(t, fake, "", "session_ttl 3m", "")
-	expectSecret(t, do(t, client(t), "POST", "/api/chatkit/start", ""), fake)
-	if got := scrapeCounter(t, series); got != before+2 {
-		t.Fatalf("after a reload %s = %v, want %v", series, got, before+2)
-	}
-	if scrapeCounter(t, `caddy_chatkit_upstream_duration_seconds_count{operation="create_session",status_class="2xx"}`) < 2 {
-		t.Fatal("upstream latency histogram not exported")
-	}
-}

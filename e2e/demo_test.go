@@ -112,6 +112,9 @@ func TestDemoStartThenRefresh(t *testing.T) {
 		t.Errorf("the page's start request had a body: %q", postData(starts[0]))
 	}
 	logged := waitAccess(t, accessLog, "POST", "/api/chatkit/start", 1)[0]
+	if !logged.hasHeader("User-Agent") || logged.header("Origin") != strings.TrimSuffix(pageURL, "/") {
+		t.Fatalf("Caddy's access log lacks the request headers (User-Agent, Origin): %v", logged.Request.Headers)
+	}
 	if logged.hasHeader("Content-Type") {
 		t.Errorf("Caddy saw the start request with Content-Type %q", logged.header("Content-Type"))
 	}
