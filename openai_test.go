@@ -236,4 +236,3 @@ func TestRevokeOnRefresh(t *testing.T) {
 	expectSecret(t, do(t, alice, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+second+`"}`), fake)
 	assertNoLeakedGoroutines(t)
 }
-
