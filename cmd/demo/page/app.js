@@ -87,6 +87,17 @@ async function getClientSecret(currentClientSecret) {
   return body.client_secret;
 }
 
+// widgetClientSecret is what the widget gets: on mount (null) it reuses the
+// session the page already started, if it still has a minute left, instead
+// of minting a second one for the same page load.
+function widgetClientSecret(currentClientSecret) {
+  const now = Math.floor(Date.now() / 1000);
+  if (currentClientSecret == null && state.secret && state.expiresAt > now + 60) {
+    return Promise.resolve(state.secret);
+  }
+  return getClientSecret(currentClientSecret);
+}
+
 function renderSecret() {
   $('secret').textContent = state.secret ? mask(state.secret) : 'none';
   $('refresh').disabled = !state.secret;
@@ -240,7 +251,7 @@ async function mountChatKit() {
   }
   const el = document.createElement('openai-chatkit');
   el.id = 'chatkit-widget';
-  el.setOptions({ api: { getClientSecret } });
+  el.setOptions({ api: { getClientSecret: widgetClientSecret } });
   $('chatkit').appendChild(el);
   note.dataset.state = 'mounted';
   note.textContent = state.backend === 'fake'
