@@ -46,11 +46,13 @@ const (
 type upstreamClient struct {
 	apiBase     string
 	sessionsURL string
-	header      http.Header
-	transport   *http.Transport
-	client      *http.Client
-	retries     int
-	baseDelay   time.Duration
+	// header and noBodyHeader are shared by every request and never
+	// modified: the transport only reads them.
+	header       http.Header
+	noBodyHeader http.Header
+	transport    *http.Transport
+	retries      int
+	baseDelay    time.Duration
 }
 
 func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
@@ -80,16 +82,16 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 	if cfg.project != "" {
 		header.Set("OpenAI-Project", cfg.project)
 	}
+	noBodyHeader := header.Clone()
+	noBodyHeader.Del("Content-Type")
 	return &upstreamClient{
-		apiBase:     cfg.apiBase,
-		sessionsURL: cfg.apiBase + "/chatkit/sessions",
-		header:      header,
-		transport:   transport,
-		// No client-level timeout: every call carries the request's context
-		// with the configured deadline.
-		client:    &http.Client{Transport: transport},
-		retries:   cfg.retries,
-		baseDelay: retryBaseDelay,
+		apiBase:      cfg.apiBase,
+		sessionsURL:  cfg.apiBase + "/chatkit/sessions",
+		header:       header,
+		noBodyHeader: noBodyHeader,
+		transport:    transport,
+		retries:      cfg.retries,
+		baseDelay:    retryBaseDelay,
 	}
 }
 
@@ -240,11 +242,14 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 	if err != nil {
 		return 0, "", nil, &upstreamError{failure: failNetwork, cause: err}
 	}
-	req.Header = c.header.Clone()
+	req.Header = c.header
 	if body == nil {
-		req.Header.Del("Content-Type")
+		req.Header = c.noBodyHeader
 	}
-	resp, err := c.client.Do(req)
+	// The transport directly, not an http.Client: OpenAI does not redirect
+	// this API, and the client would copy the headers for redirects on every
+	// call. The deadline comes with the request's context.
+	resp, err := c.transport.RoundTrip(req)
 	if err != nil {
 		return 0, "", nil, transportFailure(ctx, err)
 	}
@@ -252,7 +257,7 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 	status, requestID = resp.StatusCode, resp.Header.Get("X-Request-Id")
 
 	// Read one byte past the cap to tell "exactly at the cap" from "over".
-	payload, err = io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
+	payload, err = readCapped(resp.Body, resp.ContentLength, maxUpstreamBody+1)
 	if err != nil {
 		uerr := transportFailure(ctx, err)
 		uerr.status = status
@@ -271,6 +276,18 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 	uerr.retryAfter = parseRetryAfter(resp.Header, time.Now())
 	uerr.errType, uerr.errCode, uerr.errParam = decodeAPIError(payload)
 	return status, requestID, nil, uerr
+}
+
+// readCapped reads at most limit bytes, sizing the buffer from the
+// announced length when there is one (a lying length only costs a grow).
+func readCapped(r io.Reader, announced, limit int64) ([]byte, error) {
+	size := int64(1024)
+	if announced >= 0 {
+		size = min(announced+1, limit)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	_, err := buf.ReadFrom(io.LimitReader(r, limit))
+	return buf.Bytes(), err
 }
 
 func statusFailure(status int) upstreamFailure {

@@ -218,6 +218,7 @@ func runFlood(s *servers) error {
 	floodStatus := map[string]int64{}
 	deadline := time.Now().Add(o.floodTimeout)
 	floodStart := time.Now()
+	b0, self0, caddy0, fake0 := systemBusy(), selfCPU(), cpuTime(caddy.pid()), cpuTime(fake.pid())
 	var mid rssSample
 	var midOnce sync.Once
 	for range o.floodConc {
@@ -259,6 +260,8 @@ func runFlood(s *servers) error {
 	}
 	fwg.Wait()
 	floodDur := time.Since(floodStart)
+	caddyCPU := cpuTime(caddy.pid()) - caddy0
+	other := max((systemBusy()-b0)-(selfCPU()-self0)-caddyCPU-(cpuTime(fake.pid())-fake0), 0)
 	end := sample(true)
 	_, hwmFlood, _ := memKB(caddy.pid())
 
@@ -276,6 +279,8 @@ func runFlood(s *servers) error {
 	// Report.
 	done := sent.Load()
 	fmt.Printf("flood: %d requests in %s (%.0f req/s); answers: %s\n", done, floodDur.Round(time.Millisecond), float64(done)/floodDur.Seconds(), fmtCounts(floodStatus))
+	fmt.Printf("       Caddy CPU %s per flood request; other processes used %.0f%% of a core meanwhile\n",
+		fmtDur(caddyCPU/time.Duration(max(done, 1))), 100*other.Seconds()/floodDur.Seconds())
 	if done < int64(o.floodKeys) {
 		fmt.Printf("WARNING: -flood-timeout %s reached after %d of %d addresses\n", o.floodTimeout, done, o.floodKeys)
 	}

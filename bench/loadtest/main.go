@@ -16,6 +16,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +26,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -60,12 +63,18 @@ type options struct {
 	soakDuration time.Duration
 	soakRate     int
 	soakReload   time.Duration
+	soakResend   bool
+
+	sourceDigest string // of the root package's non-test .go files at build time
 
 	profile        int
 	profileTargets string
 }
 
-const pinnedEnv = "CHATKIT_BENCH_PINNED"
+const (
+	pinnedEnv = "CHATKIT_BENCH_PINNED"
+	sourceEnv = "CHATKIT_BENCH_SOURCE"
+)
 
 func main() {
 	o := &options{}
@@ -99,6 +108,7 @@ func main() {
 	flag.IntVar(&o.soakRate, "soak-rate", 200, "soak requests per second")
 	flag.DurationVar(&o.soakReload, "soak-reload", 10*time.Second, "interval between config reloads (POST /load)")
 
+	flag.BoolVar(&o.soakResend, "soak-resend", true, "resend once, as browsers do, a request whose reused keep-alive connection the server closed before answering (false: count it as failed)")
 	flag.IntVar(&o.profile, "profile", 0, "profile mode: seconds of CPU profile taken from Caddy's admin API during each of -profile-targets, plus allocs")
 	flag.StringVar(&o.profileTargets, "profile-targets", "ab", "targets to profile in -profile mode")
 	flag.Parse()
@@ -117,6 +127,7 @@ func main() {
 }
 
 func run(o *options) error {
+	o.sourceDigest = os.Getenv(sourceEnv)
 	if os.Getenv(pinnedEnv) == "" {
 		if err := prepare(o); err != nil {
 			return err
@@ -170,6 +181,7 @@ func prepare(o *options) error {
 		return err
 	}
 	o.work = abs
+	o.sourceDigest = sourceDigest()
 	build := func(dst *string, pkg, name string) error {
 		if *dst != "" {
 			p, err := filepath.Abs(*dst)
@@ -205,7 +217,7 @@ func reexecPinned(o *options) error {
 	args := []string{"taskset", "-c", o.loadCPUs, self}
 	args = append(args, os.Args[1:]...)
 	args = append(args, "-caddy="+o.caddyBin, "-fakeserver="+o.fakeBin, "-workdir="+o.work)
-	env := append(os.Environ(), pinnedEnv+"=1", "GOMAXPROCS=1")
+	env := append(os.Environ(), pinnedEnv+"=1", "GOMAXPROCS=1", sourceEnv+"="+o.sourceDigest)
 	return syscall.Exec(taskset, args, env)
 }
 
@@ -226,7 +238,7 @@ func printMachine(o *options) {
 		pin = fmt.Sprintf("load generator on CPU %s (GOMAXPROCS=%d), Caddy on CPU %s (GOMAXPROCS=%d), fake upstream on CPU %s (GOMAXPROCS=1)",
 			o.loadCPUs, runtime.GOMAXPROCS(0), o.serverCPUs, o.serverProcs, o.fakeCPUs)
 	}
-	fmt.Printf("pinning: %s\ncaddy: %s\nworkdir: %s\n\n", pin, o.caddyBin, o.work)
+	fmt.Printf("pinning: %s\ncaddy: %s (module source: %s)\nworkdir: %s\n\n", pin, o.caddyBin, o.sourceDigest, o.work)
 }
 
 func newServers(o *options) (*servers, error) {
@@ -258,4 +270,28 @@ func onlineCPUs() int {
 		}
 	}
 	return max(n, 1)
+}
+
+// sourceDigest identifies the module source measured: the first 12 hex
+// digits of a SHA-256 over the root package's non-test .go files (names
+// and contents, in name order), read from the current directory.
+func sourceDigest() string {
+	files, err := filepath.Glob("*.go")
+	if err != nil || len(files) == 0 {
+		return "unknown"
+	}
+	sort.Strings(files)
+	h := sha256.New()
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "unknown"
+		}
+		fmt.Fprintf(h, "%s %d\n", f, len(b))
+		h.Write(b)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))[:12]
 }

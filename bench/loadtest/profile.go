@@ -102,11 +102,21 @@ func profileTarget(s *servers, clients []*vclient, t *target, secs int) error {
 		fmt.Println()
 	}
 	bin := o.caddyBin
+	// The target's own code: the chatkit package for (a), the proxy's
+	// handlers for (b).
+	own, ownName := `caddy-chatkit/caddy-chatkit\.`, "the chatkit package's functions"
+	if t.key == "b" {
+		own, ownName = `caddyhttp/(reverseproxy|requestbody|rewrite)\.`, "the reverse_proxy, request_body and rewrite handlers"
+	}
 	pprof("CPU, top 25 by flat time", "-top", "-nodecount=25", bin, cpuFile)
 	pprof("CPU, top 25 by cumulative time", "-top", "-cum", "-nodecount=25", bin, cpuFile)
-	pprof("CPU, the chatkit package's functions by cumulative time", "-top", "-cum", "-nodecount=30", "-show=caddy-chatkit/caddy-chatkit\\.", bin, cpuFile)
+	pprof("CPU, "+ownName+" by cumulative time (flat includes the library code they call directly)", "-top", "-cum", "-nodecount=30", "-show="+own, bin, cpuFile)
+	if t.key == "a" {
+		pprof("CPU, what the module's costliest functions call", "-peek",
+			`caddy-chatkit\.\(\*Handler\)\.(mint|finish)$|caddy-chatkit\.\(\*upstreamClient\)\.post$|caddy-chatkit\.decodeSession$|caddy-chatkit\.\(\*exchange\)\.writeJSON$`, bin, cpuFile)
+	}
 	pprof("allocations, top 25 by objects", "-top", "-nodecount=25", "-sample_index=alloc_objects", bin, allocFile)
 	pprof("allocations, top 25 by bytes", "-top", "-nodecount=25", "-sample_index=alloc_space", bin, allocFile)
-	pprof("allocations by the chatkit package, cumulative objects", "-top", "-cum", "-nodecount=30", "-sample_index=alloc_objects", "-show=caddy-chatkit/caddy-chatkit\\.", bin, allocFile)
+	pprof("allocations by "+ownName+", cumulative objects", "-top", "-cum", "-nodecount=30", "-sample_index=alloc_objects", "-show="+own, bin, allocFile)
 	return nil
 }

@@ -108,7 +108,7 @@ func runSoak(s *servers) error {
 				}
 				t1 := time.Now()
 				status, body, reused, answered, err := doTraced(c, t.newRequest(c))
-				if err != nil && reused && !answered {
+				if err != nil && reused && !answered && o.soakResend {
 					// The server closed this idle keep-alive connection
 					// (a reload replaces the server) as the request went
 					// out; it was never processed. Browsers resend such
@@ -231,7 +231,7 @@ sched:
 	wg.Wait()
 	rwg.Wait()
 	elapsed := time.Since(t0)
-	other := (systemBusy() - b0) - (selfCPU() - self0) - (cpuTime(caddy.pid()) - caddy0) - (cpuTime(fake.pid()) - fake0)
+	other := max((systemBusy()-b0)-(selfCPU()-self0)-(cpuTime(caddy.pid())-caddy0)-(cpuTime(fake.pid())-fake0), 0)
 	closeClients(clients)
 	time.Sleep(2 * time.Second)
 	idle := takeSample(t0)
