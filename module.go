@@ -205,6 +205,7 @@ type ChatKitConfiguration struct {
 
 // Toggle turns a ChatKit feature on or off.
 type Toggle struct {
+	// Whether the feature is on. Default: OpenAI's.
 	Enabled *bool `json:"enabled,omitempty"`
 }
 

@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io"
@@ -117,7 +118,7 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 
 	rec := &protectedResponse{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, verdict: x.verdict}
 	err = next.ServeHTTP(rec, r)
-	x.status = rec.status
+	x.status = cmp.Or(rec.status, http.StatusOK) // a handler that writes nothing sends 200
 	x.outcome = outcomeProxied
 	if err != nil {
 		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig && !rec.wroteHeader {

@@ -65,11 +65,12 @@ func profileTarget(s *servers, clients []*vclient, t *target, secs int) error {
 		errs <- err
 	}
 	var m0, m1 map[string]float64
-	var c0, c1 time.Duration
+	var c0, c1, f0, f1, b0, b1 time.Duration
 	res := closedLoop(clients, t, o.warmup, time.Duration(secs)*time.Second+500*time.Millisecond,
 		func() {
 			m0, _ = metrics(s.adminURL())
 			c0 = cpuTime(caddy.pid())
+			f0, b0 = cpuTime(fake.pid()), systemBusy()
 			q := "?seconds=" + strconv.Itoa(secs)
 			go fetch("/debug/pprof/profile"+q, cpuFile)
 			go fetch("/debug/pprof/allocs"+q, allocFile)
@@ -77,6 +78,7 @@ func profileTarget(s *servers, clients []*vclient, t *target, secs int) error {
 		func() {
 			m1, _ = metrics(s.adminURL())
 			c1 = cpuTime(caddy.pid())
+			f1, b1 = cpuTime(fake.pid()), systemBusy()
 		})
 	closeClients(clients)
 	for range 2 {
@@ -90,7 +92,9 @@ func profileTarget(s *servers, clients []*vclient, t *target, secs int) error {
 		fmtDur(time.Duration(float64(c1-c0)/n)),
 		(m1["go_memstats_mallocs_total"]-m0["go_memstats_mallocs_total"])/n,
 		(m1["go_memstats_alloc_bytes_total"]-m0["go_memstats_alloc_bytes_total"])/n)
-	fmt.Printf("     (a profile second of CPU is %.1f µs per request at this rate)\n\n", 1e6/res.rps())
+	other := max((b1-b0)-(c1-c0)-(f1-f0)-res.loadCPU, 0)
+	fmt.Printf("     (a profile second of CPU is %.1f µs per request at this rate; other processes used %.0f%% of a core meanwhile)\n\n",
+		1e6/res.rps(), 100*other.Seconds()/res.window.Seconds())
 
 	pprof := func(title string, args ...string) {
 		fmt.Printf("---- (%s) %s: go tool pprof %v\n", t.key, title, args)

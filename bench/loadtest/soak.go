@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,10 @@ func runSoak(s *servers) error {
 	time.Sleep(time.Second)
 	idle0 := takeSample(time.Now())
 
+	creates0, err := fakeCreates(s)
+	if err != nil {
+		return err
+	}
 	t0 := time.Now()
 	b0, self0 := systemBusy(), selfCPU()
 	caddy0, fake0 := cpuTime(caddy.pid()), cpuTime(fake.pid())
@@ -232,6 +237,10 @@ sched:
 	rwg.Wait()
 	elapsed := time.Since(t0)
 	other := max((systemBusy()-b0)-(selfCPU()-self0)-(cpuTime(caddy.pid())-caddy0)-(cpuTime(fake.pid())-fake0), 0)
+	creates1, err := fakeCreates(s)
+	if err != nil {
+		return err
+	}
 	closeClients(clients)
 	time.Sleep(2 * time.Second)
 	idle := takeSample(t0)
@@ -287,6 +296,8 @@ sched:
 		fmt.Printf("  %s  %s\n", v, fmt.Sprintf(format, args...))
 	}
 	check(failed == 0, "zero failed requests (%d of %d)", failed, sent.Load())
+	check(creates1-creates0 == okCount.Load(), "one upstream session per success, none for a resent request: the fake created %d sessions for %d successes",
+		creates1-creates0, okCount.Load())
 	check(reloadFailed == 0 && len(reloads) > 0, "every reload succeeded (%d reloads)", len(reloads))
 	if len(samples) >= 2 {
 		first, last := samples[0], samples[len(samples)-1]
@@ -305,6 +316,15 @@ sched:
 
 // closedLoopFor runs t back to back from every client for d and returns
 // how many requests were sent.
+// fakeCreates is how many create requests the fake has received.
+func fakeCreates(s *servers) (int64, error) {
+	b, _, err := httpGet(s.fakeURL() + "/bench/count")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
 // doTraced is do that also reports whether the connection was reused and
 // whether any byte of an answer arrived.
 func doTraced(c *vclient, req *http.Request) (status int, body []byte, reused, answered bool, err error) {
