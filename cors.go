@@ -159,15 +159,26 @@ func browserScheme(r *http.Request) string {
 	return "http"
 }
 
-// siteOrigin is the origin the browser saw for this site.
-func siteOrigin(r *http.Request, scheme string) string {
-	host := r.Host
+// siteHost is the host (and port) the browser asked for.
+func siteHost(r *http.Request) string {
 	if fromTrustedProxy(r) {
 		if fh := firstForwarded(r, "X-Forwarded-Host"); fh != "" {
-			host = fh
+			return fh
 		}
 	}
-	return joinOrigin(scheme, host)
+	return r.Host
+}
+
+// siteOrigin is the origin the browser saw for this site.
+func siteOrigin(r *http.Request, scheme string) string {
+	return joinOrigin(scheme, siteHost(r))
+}
+
+// isSiteOrigin is the common case checked without allocating: the browser's
+// Origin is exactly scheme://host as the request names it.
+func isSiteOrigin(raw, scheme, host string) bool {
+	return len(raw) == len(scheme)+3+len(host) && strings.HasPrefix(raw, scheme) &&
+		raw[len(scheme):len(scheme)+3] == "://" && raw[len(scheme)+3:] == host
 }
 
 // originVerdict is what the origin rules say about one request.
@@ -183,6 +194,9 @@ func (p *originPolicy) judge(r *http.Request, scheme string) originVerdict {
 		// Server-to-server and curl send no Origin. A browser that sends
 		// none on a cross-site request still says so in Sec-Fetch-Site.
 		return originVerdict{allowed: r.Header.Get("Sec-Fetch-Site") != "cross-site"}
+	}
+	if isSiteOrigin(raw, scheme, siteHost(r)) {
+		return originVerdict{origin: raw, allowed: true, cors: true}
 	}
 	origin, ok := normalizeOrigin(raw)
 	if !ok {

@@ -417,10 +417,12 @@ func parseRefreshBody(body []byte) (string, error) {
 // secrets must never sit in a shared cache.
 func (x *exchange) writeJSON(status int, body []byte) {
 	hdr := x.w.Header()
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Content-Type-Options", "nosniff")
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	// Canonical keys set directly (Set would canonicalize each). Fresh
+	// slices: a later header handler may rewrite values in place.
+	hdr["Content-Type"] = []string{"application/json"}
+	hdr["Cache-Control"] = []string{"no-store"}
+	hdr["X-Content-Type-Options"] = []string{"nosniff"}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
 	x.status = status
 	x.w.WriteHeader(status)
 	if x.r.Method != http.MethodHead {
@@ -429,7 +431,7 @@ func (x *exchange) writeJSON(status int, body []byte) {
 }
 
 func (x *exchange) writeStatus(status int) {
-	x.w.Header().Set("Cache-Control", "no-store")
+	x.w.Header()["Cache-Control"] = []string{"no-store"}
 	x.status = status
 	x.w.WriteHeader(status)
 }
@@ -482,7 +484,8 @@ func (h *Handler) finish(x *exchange) {
 		return
 	}
 	clientIP, _ := caddyhttp.GetVar(x.r.Context(), caddyhttp.ClientIPVarKey).(string)
-	fields := []zap.Field{
+	fields := make([]zap.Field, 0, 16)
+	fields = append(fields,
 		zap.String("request_id", x.requestID),
 		zap.String("endpoint", x.endpoint.String()),
 		zap.String("method", x.r.Method),
@@ -490,7 +493,7 @@ func (h *Handler) finish(x *exchange) {
 		zap.Int("status", x.status),
 		zap.Duration("duration", time.Since(x.started)),
 		zap.String("client_ip", clientIP),
-	}
+	)
 	if x.upstream.status != 0 || x.upstreamErr != nil {
 		fields = append(fields,
 			zap.Int("upstream_status", x.upstream.status),

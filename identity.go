@@ -173,10 +173,12 @@ func (s *identitySource) sign(id [cookieIDLen]byte, expires time.Time) string {
 // with respect to the signature.
 func (s *identitySource) verify(value string, now time.Time) (id [cookieIDLen]byte, expires time.Time, ok bool) {
 	var raw [cookieRawLen]byte
-	if base64.RawURLEncoding.EncodedLen(cookieRawLen) != len(value) {
+	var encoded [(cookieRawLen*8 + 5) / 6]byte // the unpadded base64 length
+	if len(encoded) != len(value) {
 		return id, expires, false
 	}
-	if n, err := base64.RawURLEncoding.Decode(raw[:], []byte(value)); err != nil || n != cookieRawLen {
+	copy(encoded[:], value) // decode from the stack, not a heap copy
+	if n, err := base64.RawURLEncoding.Decode(raw[:], encoded[:]); err != nil || n != cookieRawLen {
 		return id, expires, false
 	}
 	if raw[0] != cookieVersion {

@@ -67,7 +67,11 @@ func runCompare(s *servers) error {
 	defer closeClients(clients)
 
 	fmt.Printf("targets, %d keep-alive clients each, %s warm-up + %s measured, %d rounds:\n", o.concurrency, o.warmup, o.duration, o.rounds)
-	fmt.Printf("  (a) POST %s%s  chatkit (anonymous cookie, client address from X-Forwarded-For, rate_limit %s)\n", s.siteURL(), startPath, benchConf.rateLimit)
+	logNote := "its per-request log line on"
+	if !o.moduleLog {
+		logNote = "its per-request log line excluded from the log"
+	}
+	fmt.Printf("  (a) POST %s%s  chatkit (anonymous cookie, client address from X-Forwarded-For, rate_limit %s, %s)\n", s.siteURL(), startPath, benchConf.rateLimit, logNote)
 	fmt.Printf("  (b) POST %s%s  reverse_proxy to the fake's %s with the module's headers and body\n", s.siteURL(), proxyPath, fakeSessions)
 	fmt.Printf("  (c) POST %s%s  the fake directly, the module's headers and body\n\n", s.fakeURL(), fakeSessions)
 
@@ -360,12 +364,25 @@ func summarize(o *options, segs []*segment) {
 			return
 		}
 		var pr, pp []float64
-		for _, rs := range byRound {
+		ahead, lower := 0, 0
+		var list []string
+		for r := 1; r <= len(byRound); r++ {
+			rs := byRound[r]
 			if gx, gy := rs[x], rs[y]; gx != nil && gy != nil {
-				pr = append(pr, gx.res.rps()/gy.res.rps())
+				ratio := gx.res.rps() / gy.res.rps()
+				pr = append(pr, ratio)
 				pp = append(pp, float64(gx.res.pct(0.99))/float64(gy.res.pct(0.99)))
+				list = append(list, fmt.Sprintf("%.2f", ratio))
+				if ratio >= 1 {
+					ahead++
+				}
+				if gx.res.pct(0.99) <= gy.res.pct(0.99) {
+					lower++
+				}
 			}
 		}
+		defer fmt.Printf("      per round %s/%s throughput: %s; %s ahead in %d of %d rounds, p99 no worse in %d of %d\n",
+			x, y, strings.Join(list, " "), x, ahead, len(pr), lower, len(pp))
 		fmt.Printf("  %s/%s: throughput %.2f× (median of per-round ratios %.2f×), p99 %.2f× (per-round %.2f×), p50 %.2f×",
 			x, y, rps.med(x)/rps.med(y), median(pr), p99.med(x)/p99.med(y), median(pp), p50.med(x)/p50.med(y))
 		if x != "c" && y != "c" && ccpu.med(y) > 0 {

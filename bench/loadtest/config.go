@@ -40,14 +40,14 @@ func (s *servers) caddyfile(c caddyConf) string {
 	servers {
 		trusted_proxies static 127.0.0.1/32
 	}
-}
+%s}
 
 http://127.0.0.1:%d {
 	chatkit {
 		workflow %s
 		api_key %s
 		api_base %s/v1
-`, s.adminPort, s.work, s.sitePort, workflowID, apiKey, s.fakeURL())
+`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, workflowID, apiKey, s.fakeURL())
 	if c.sessionTTL != "" {
 		fmt.Fprintf(&b, "\t\tsession_ttl %s\n", c.sessionTTL)
 	}
@@ -83,4 +83,13 @@ http://127.0.0.1:%d {
 }
 `, proxyPath, fakeSessions, workflowID, s.fakePort, apiKey, betaHeader, moduleUserAgent)
 	return b.String()
+}
+
+// moduleLogOption drops the module's per-request log line when the run
+// asks for it (-module-log=false), to measure what that line costs.
+func (s *servers) moduleLogOption() string {
+	if s.opts.moduleLog {
+		return ""
+	}
+	return "\tlog default {\n\t\texclude http.handlers.chatkit\n\t}\n"
 }

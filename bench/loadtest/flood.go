@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -376,8 +378,8 @@ func withBody(req *http.Request, body string) *http.Request {
 
 func fmtCounts(m map[string]int64) string {
 	var parts []string
-	for k, v := range m {
-		parts = append(parts, fmt.Sprintf("%s ×%d", k, v))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, m[k]))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -36,6 +36,7 @@ type options struct {
 	caddyBin, fakeBin string
 	work              string
 	keep              bool
+	removeWork        bool
 
 	concurrency int
 	duration    time.Duration
@@ -50,6 +51,7 @@ type options struct {
 	serverCPUs  string
 	fakeCPUs    string
 	serverProcs int
+	moduleLog   bool
 
 	flood        bool
 	floodKeys    int
@@ -81,7 +83,8 @@ func main() {
 	flag.StringVar(&o.caddyBin, "caddy", "", "Caddy binary with the chatkit module (default: go build ./cmd/caddy)")
 	flag.StringVar(&o.fakeBin, "fakeserver", "", "fake upstream binary (default: go build ./bench/fakeserver)")
 	flag.StringVar(&o.work, "workdir", "", "directory for configs, logs, storage and profiles (default: a new temp dir)")
-	flag.BoolVar(&o.keep, "keep", false, "keep -workdir's contents after the run (always kept with -profile)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary work directory (configs, Caddy logs, storage) after a successful run; always kept with -profile or an explicit -workdir")
+	flag.BoolVar(&o.removeWork, "remove-workdir", false, "remove -workdir after a successful run (set by the harness for the temporary directory it creates)")
 	flag.IntVar(&o.concurrency, "c", 32, "concurrent keep-alive clients per target")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "measured duration per target per round")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each measurement")
@@ -95,6 +98,7 @@ func main() {
 	flag.StringVar(&o.fakeCPUs, "fakecpu", "", "taskset CPU list for the fake upstream (default: -servercpu)")
 	flag.IntVar(&o.serverProcs, "serverprocs", 1, "GOMAXPROCS for Caddy")
 
+	flag.BoolVar(&o.moduleLog, "module-log", true, "keep the chatkit handler's per-request log line (false: exclude its logger from Caddy's default log, to measure what the line costs)")
 	flag.BoolVar(&o.flood, "flood", false, "flood mode: many distinct client addresses against start")
 	flag.IntVar(&o.floodKeys, "flood-keys", 1_000_000, "distinct client addresses in the flood (one request each)")
 	flag.IntVar(&o.floodMaxKeys, "flood-max-keys", 10_000, "rate_limit max_keys during the flood")
@@ -122,7 +126,14 @@ func main() {
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		stopAll()
+		if o.work != "" {
+			fmt.Fprintln(os.Stderr, "loadtest: configs and logs are in", o.work)
+		}
 		os.Exit(1)
+	}
+	stopAll()
+	if o.removeWork && o.work != "" {
+		_ = os.RemoveAll(o.work)
 	}
 }
 
@@ -172,6 +183,7 @@ func prepare(o *options) error {
 			return err
 		}
 		o.work = dir
+		o.removeWork = !o.keep && o.profile == 0
 	}
 	if err := os.MkdirAll(o.work, 0o755); err != nil {
 		return err
@@ -216,7 +228,7 @@ func reexecPinned(o *options) error {
 	}
 	args := []string{"taskset", "-c", o.loadCPUs, self}
 	args = append(args, os.Args[1:]...)
-	args = append(args, "-caddy="+o.caddyBin, "-fakeserver="+o.fakeBin, "-workdir="+o.work)
+	args = append(args, "-caddy="+o.caddyBin, "-fakeserver="+o.fakeBin, "-workdir="+o.work, fmt.Sprintf("-remove-workdir=%v", o.removeWork))
 	env := append(os.Environ(), pinnedEnv+"=1", "GOMAXPROCS=1", sourceEnv+"="+o.sourceDigest)
 	return syscall.Exec(taskset, args, env)
 }
