@@ -74,7 +74,7 @@ http://localhost:9080 {
 		revoke_on_refresh on
 		retries 1
 		error_cache off
-		rate_limit 100 1s {
+		rate_limit 12 1h {
 			zone canary-test
 		}
 	}
@@ -131,8 +131,25 @@ http://localhost:9080 {
 		_, body = post(browser, "/api/chatkit/refresh", bad)
 		transcript.WriteString(body + "\n")
 	}
-	_, body = post(browser, "/api/health", "")
-	transcript.WriteString(body + "\n")
+	// Health, then refusals: a foreign origin, its preflight, a wrong method, then the
+	// rate limit (a burst of 12 in this config, 11 spent so far).
+	send := func(method, path, body string, headers ...string) {
+		req, _ := http.NewRequest(method, siteURL+path, strings.NewReader(body))
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := browser.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		transcript.WriteString(record(resp) + "\n")
+	}
+	send("GET", "/api/health", "")
+	send("POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+secret+`"}`, "Origin", "https://evil.example")
+	send("OPTIONS", "/api/chatkit/refresh", "", "Origin", "https://evil.example", "Access-Control-Request-Method", "POST")
+	send("GET", "/api/chatkit/start", "")
+	send("POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+secret+`"}`)
+	send("POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+secret+`"}`)
 
 	// Background cancels finish before the logs are read.
 	deadline := time.Now().Add(3 * time.Second)
@@ -182,8 +199,17 @@ http://localhost:9080 {
 			entries = append(entries, l)
 		}
 	}
-	if len(entries) != 12 {
-		t.Fatalf("%d chatkit request log entries, want 12 (one per request)", len(entries))
+	if len(entries) != 17 {
+		t.Fatalf("%d chatkit request log entries, want 17 (one per request)", len(entries))
+	}
+	outcomes := map[string]int{}
+	for _, e := range entries {
+		outcomes[e["outcome"].(string)]++
+	}
+	for _, o := range []string{"success", "upstream_error", "bad_request", "health", "origin_denied", "method_not_allowed", "rate_limited"} {
+		if outcomes[o] == 0 {
+			t.Errorf("no %q request in the scenario: %v", o, outcomes)
+		}
 	}
 	first := entries[0]
 	for _, field := range []string{"request_id", "endpoint", "outcome", "status", "duration", "client_ip", "upstream_status", "upstream_duration", "retries", "openai_request_id", "session_id", "user_hash"} {
