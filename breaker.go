@@ -153,6 +153,7 @@ func (h *Handler) newUpstreamGuard() *upstreamGuard {
 		g.errorTTL = time.Duration(*h.ErrorCache)
 	}
 	gauge := breakerOpen.WithLabelValues(h.workflowID)
+	gauge.Set(0) // a new config starts with a closed breaker
 	g.onOpen = func() {
 		gauge.Set(1)
 		h.logger.Warn("circuit breaker opened: OpenAI keeps failing, answering 503 until a probe succeeds",

@@ -61,7 +61,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //		rate_limit off
 //		rate_limit <burst> <interval>
-//		rate_limit [<burst> <interval>] {
+//		rate_limit [off|<burst> <interval>] {
 //			key <placeholder>
 //			ipv4_prefix <bits>
 //			ipv6_prefix <bits>
@@ -82,7 +82,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_upload <size>
 //	}
 //
-// `workflow` is required unless `protect` is used. `state_variable`,
+// `rate_limit off` with a block takes only `redis` and `on_redis_error`
+// (the budget and the revoke registry still use Redis). `workflow` is
+// required unless `protect` is used. `state_variable`,
 // `allow_origins` and `protect` may be repeated; every other subdirective
 // may appear once. The blocks after
 // `file_upload` and `history` are optional.
@@ -336,11 +338,8 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 		if args[0] != "off" {
 			return d.Errf("rate_limit: want off or <burst> <interval>, got %q", args[0])
 		}
-		if d.NextBlock(d.Nesting()) {
-			return d.Err("rate_limit off takes no block")
-		}
-		h.RateLimit = &RateLimit{Disabled: true}
-		return nil
+		// Off still takes redis, for the budget and the revoke registry.
+		rl.Disabled = true
 	case 2:
 		burst, err := strconv.Atoi(args[0])
 		interval, durErr := caddy.ParseDuration(args[1])
@@ -358,6 +357,9 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 			return d.Errf("duplicate rate_limit option %q", name)
 		}
 		seen[name] = true
+		if rl.Disabled && name != "redis" && name != "on_redis_error" {
+			return d.Errf("rate_limit off takes only redis and on_redis_error, not %q", name)
+		}
 		var err error
 		switch name {
 		case "key":
@@ -376,7 +378,8 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 			err = intArg(d, &rl.MaxKeys)
 		case "redis":
 			err = singleArg(d, &rl.Redis)
-			if err == nil && !strings.HasPrefix(rl.Redis, "redis://") && !strings.HasPrefix(rl.Redis, "rediss://") {
+			// A placeholder for the whole URL is checked once resolved.
+			if err == nil && !strings.HasPrefix(rl.Redis, "redis://") && !strings.HasPrefix(rl.Redis, "rediss://") && !strings.HasPrefix(rl.Redis, "{") {
 				err = d.Err("redis: want a redis:// or rediss:// URL")
 			}
 		case "on_redis_error":

@@ -1042,3 +1042,19 @@ func TestProvisionParsedCaddyfile(t *testing.T) {
 		t.Errorf("maxBody %d, timeout %v, healthPath %q", h.maxBody, h.timeout, h.healthPath)
 	}
 }
+
+func TestParseRateLimitOffWithRedis(t *testing.T) {
+	h, err := cfParse("chatkit {\n\tworkflow wf_x\n\trate_limit off {\n\t\tredis {env.REDIS_URL}\n\t\ton_redis_error deny\n\t}\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rl := h.RateLimit; rl == nil || !rl.Disabled || rl.Redis != "{env.REDIS_URL}" || rl.OnRedisError != "deny" {
+		t.Fatalf("rate_limit = %+v", h.RateLimit)
+	}
+	if _, err := cfParse("chatkit {\n\tworkflow wf_x\n\trate_limit off {\n\t\tmax_keys 5\n\t}\n}"); err == nil {
+		t.Fatal("rate_limit off accepted a limit option")
+	}
+	if _, err := cfParse("chatkit {\n\tworkflow wf_x\n\trate_limit 1 1s {\n\t\tredis http://x\n\t}\n}"); err == nil {
+		t.Fatal("a non-redis URL was accepted")
+	}
+}

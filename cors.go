@@ -53,7 +53,9 @@ func newOriginPolicy(origins []string) (originPolicy, error) {
 		p.exact[norm] = struct{}{}
 	}
 	for _, w := range p.wildcards {
-		if strings.Trim(w.suffix, ".") == "" || strings.ContainsAny(w.suffix, "*/@ ") {
+		// At least two labels after "*.": `https://*.com` would allow a
+		// whole top-level domain, with credentials.
+		if !strings.Contains(strings.Trim(w.suffix, "."), ".") || strings.ContainsAny(w.suffix, "*/@ ") {
 			return p, fmt.Errorf("chatkit: allow_origins wildcard %q must look like https://*.example.com", w.scheme+"://*"+w.suffix)
 		}
 	}
@@ -169,11 +171,6 @@ func siteHost(r *http.Request) string {
 	return r.Host
 }
 
-// siteOrigin is the origin the browser saw for this site.
-func siteOrigin(r *http.Request, scheme string) string {
-	return joinOrigin(scheme, siteHost(r))
-}
-
 // isSiteOrigin is the common case checked without allocating: the browser's
 // Origin is exactly scheme://host as the request names it.
 func isSiteOrigin(raw, scheme, host string) bool {
@@ -195,14 +192,15 @@ func (p *originPolicy) judge(r *http.Request, scheme string) originVerdict {
 		// none on a cross-site request still says so in Sec-Fetch-Site.
 		return originVerdict{allowed: r.Header.Get("Sec-Fetch-Site") != "cross-site"}
 	}
-	if isSiteOrigin(raw, scheme, siteHost(r)) {
+	host := siteHost(r)
+	if isSiteOrigin(raw, scheme, host) {
 		return originVerdict{origin: raw, allowed: true, cors: true}
 	}
 	origin, ok := normalizeOrigin(raw)
 	if !ok {
 		return originVerdict{}
 	}
-	allowed := origin == siteOrigin(r, scheme) || p.allows(origin)
+	allowed := origin == joinOrigin(scheme, host) || p.allows(origin)
 	return originVerdict{origin: origin, allowed: allowed, cors: allowed}
 }
 

@@ -42,7 +42,7 @@ func TestOriginPolicyMatrix(t *testing.T) {
 			t.Errorf("origin %q: allowed = %v, want %v", tc.origin, got, tc.want)
 		}
 	}
-	for _, bad := range []string{"example.com", "https://*.", "https://*.*.com", "ftp://x.com", "https://a.com/path"} {
+	for _, bad := range []string{"example.com", "https://*.", "https://*.com", "http://*.org:8080", "https://*.*.com", "ftp://x.com", "https://a.com/path"} {
 		if _, err := newOriginPolicy([]string{bad}); err == nil {
 			t.Errorf("allow_origins %q accepted", bad)
 		}

@@ -83,6 +83,7 @@ type exchange struct {
 	endpoint  endpoint
 	requestID string
 	started   time.Time
+	scheme    string // as the browser saw it
 	verdict   originVerdict
 
 	requestType string // ChatKit request type on protected paths
@@ -93,6 +94,7 @@ type exchange struct {
 	upstream    upstreamCall
 	upstreamErr *upstreamError
 	cachedError bool
+	userHash    string
 }
 
 // ServeHTTP answers the module's own paths and passes everything else on.
@@ -102,7 +104,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if !h.protected.match(r) {
 			if h.identityHeader != "" {
 				// Only the module may speak for the user, on any path.
-				r.Header.Del(h.identityHeader)
+				dropIdentityHeaders(r.Header, h.identityHeader)
 			}
 			return next.ServeHTTP(w, r)
 		}
@@ -168,7 +170,8 @@ func (h *Handler) serveHealth(x *exchange) {
 // then one upstream session.
 func (h *Handler) serveMint(x *exchange) {
 	r := x.r
-	x.verdict = h.origins.judge(r, browserScheme(r))
+	x.scheme = browserScheme(r)
+	x.verdict = h.origins.judge(r, x.scheme)
 	setCORS(x.w.Header(), x.verdict)
 
 	if r.Method == http.MethodOptions {
@@ -210,7 +213,7 @@ func (h *Handler) serveMint(x *exchange) {
 		return
 	}
 
-	v, err := h.identity.identify(r.Context(), r, x.repl, x.verdict.secure(r))
+	v, err := h.identity.identify(r.Context(), r, x.repl, x.secure())
 	if errors.Is(err, errNoUser) {
 		x.fail(http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized)
 		return
@@ -287,7 +290,7 @@ func (h *Handler) mint(x *exchange) (createdSession, bool) {
 
 // secure reports whether cookies should be Secure: the browser reached the
 // site over HTTPS, directly or through a trusted TLS-terminating proxy.
-func (originVerdict) secure(r *http.Request) bool { return browserScheme(r) == "https" }
+func (x *exchange) secure() bool { return x.scheme == "https" }
 
 func (h *Handler) servePreflight(x *exchange) {
 	x.outcome = outcomePreflight
@@ -404,7 +407,7 @@ func parseRefreshBody(body []byte) (string, error) {
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &secret) != nil {
 		return "", errRefreshSecret
 	}
-	if len(trimJSONSpace([]byte(secret))) == 0 || len(strings.TrimSpace(secret)) == 0 {
+	if strings.TrimSpace(secret) == "" {
 		return "", errRefreshSecret
 	}
 	if len(secret) > maxClientSecretLen {
@@ -459,16 +462,23 @@ func userHash(user string) string {
 	return hex.EncodeToString(sum[:6])
 }
 
+// publishPlaceholders sets `{http.chatkit.*}` for access logs and later
+// handlers.
+func (h *Handler) publishPlaceholders(x *exchange) {
+	x.userHash = userHash(x.user)
+	x.repl.Set("http.chatkit.outcome", x.outcome)
+	x.repl.Set("http.chatkit.session_id", x.sessionID)
+	x.repl.Set("http.chatkit.user_hash", x.userHash)
+}
+
 // finish publishes placeholders and writes the request's one log entry.
 func (h *Handler) finish(x *exchange) {
-	hash := userHash(x.user)
+	h.publishPlaceholders(x)
+	hash := x.userHash
 	requestsTotal.WithLabelValues(x.endpoint.String(), x.outcome).Inc()
 	if x.endpoint == endpointProtected && x.requestType != "" {
 		protectedRequests.WithLabelValues(x.requestType, x.outcome).Inc()
 	}
-	x.repl.Set("http.chatkit.outcome", x.outcome)
-	x.repl.Set("http.chatkit.session_id", x.sessionID)
-	x.repl.Set("http.chatkit.user_hash", hash)
 
 	level, msg := zapcore.InfoLevel, "handled chatkit request"
 	if e := x.upstreamErr; e != nil {

@@ -456,7 +456,7 @@ func TestUpstreamFaultsMapToDocumentedAnswers(t *testing.T) {
 		{fakeopenai.Fault{Kind: fakeopenai.FaultHugeBody}, 502, "upstream_invalid_response"},
 		{fakeopenai.Fault{Kind: fakeopenai.FaultLyingLength}, 502, "upstream_invalid_response"},
 		{fakeopenai.Fault{Kind: fakeopenai.FaultReset}, 502, "upstream_unreachable"},
-		{fakeopenai.Fault{Kind: fakeopenai.FaultHangMidBody}, 504, "upstream_timeout"},
+		{fakeopenai.Fault{Kind: fakeopenai.FaultHangMidBody}, 502, "upstream_invalid_response"},
 		{fakeopenai.Fault{Delay: 2 * time.Second}, 504, "upstream_timeout"},
 	}
 	for _, tc := range cases {

@@ -156,9 +156,13 @@ type Handler struct {
 	maxUpload        int64
 	origins          originPolicy
 	limiter          *rateLimiter
+	limiterReleased  bool
 	guard            *upstreamGuard
 	now              func() time.Time
 	background       *sync.WaitGroup
+	backgroundMu     *sync.Mutex
+	// backgroundClosed refuses new background work once Cleanup has begun.
+	backgroundClosed bool
 	backgroundCtx    context.Context
 	stopBackground   context.CancelFunc
 	startPath        string
@@ -264,6 +268,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.backgroundCtx, h.stopBackground = context.WithCancel(context.Background())
 	h.background = new(sync.WaitGroup)
+	h.backgroundMu = new(sync.Mutex)
 	repl := caddy.NewReplacer()
 
 	h.startPath = cmp.Or(h.StartPath, defaultStartPath)
@@ -458,6 +463,9 @@ func (c *ChatKitConfiguration) validate() error {
 // on its rate-limit zone and closes the upstream client's idle connections.
 func (h *Handler) Cleanup() error {
 	if h.stopBackground != nil {
+		h.backgroundMu.Lock()
+		h.backgroundClosed = true
+		h.backgroundMu.Unlock()
 		h.stopBackground()
 		h.background.Wait()
 	}

@@ -55,8 +55,19 @@ type upstreamClient struct {
 	baseDelay    time.Duration
 }
 
-func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
-	transport := &http.Transport{
+// transports keeps one keep-alive transport per API base URL across
+// handlers and config reloads, so a reload does not drop warm connections.
+var transports = caddy.NewUsagePool()
+
+type pooledTransport struct{ *http.Transport }
+
+func (p pooledTransport) Destruct() error {
+	p.CloseIdleConnections()
+	return nil
+}
+
+func newTransport() *http.Transport {
+	return &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{
 			Timeout:   5 * time.Second,
@@ -69,6 +80,13 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 		TLSHandshakeTimeout:   5 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+}
+
+func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
+	val, _, _ := transports.LoadOrNew(cfg.apiBase, func() (caddy.Destructor, error) {
+		return pooledTransport{newTransport()}, nil
+	})
+	transport := val.(pooledTransport).Transport
 	header := http.Header{
 		"Authorization": {"Bearer " + cfg.apiKey},
 		"Openai-Beta":   {"chatkit_beta=v1"},
@@ -95,7 +113,8 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 	}
 }
 
-func (c *upstreamClient) close() { c.transport.CloseIdleConnections() }
+// close releases this handler's hold on the shared transport.
+func (c *upstreamClient) close() { _, _ = transports.Delete(c.apiBase) }
 
 // upstreamFailure classifies why a session could not be created.
 type upstreamFailure int
@@ -259,9 +278,11 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 	// Read one byte past the cap to tell "exactly at the cap" from "over".
 	payload, err = readCapped(resp.Body, resp.ContentLength, maxUpstreamBody+1)
 	if err != nil {
+		// The headers came; the body did not (cut short, or it hangs until
+		// the deadline): the answer is unusable, not late.
 		uerr := transportFailure(ctx, err)
 		uerr.status = status
-		if uerr.failure == failNetwork && status < 300 {
+		if uerr.failure != failCanceled {
 			uerr.failure = failInvalidResponse
 		}
 		return status, requestID, nil, uerr
@@ -283,7 +304,10 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 func readCapped(r io.Reader, announced, limit int64) ([]byte, error) {
 	size := int64(1024)
 	if announced >= 0 {
-		size = min(announced+1, limit)
+		size = limit
+		if announced < limit {
+			size = announced + 1
+		}
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	_, err := buf.ReadFrom(io.LimitReader(r, limit))

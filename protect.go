@@ -79,7 +79,8 @@ func (p protectedPaths) match(r *http.Request) bool {
 // hands it to the next handler with a trustworthy identity header.
 func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 	r := x.r
-	x.verdict = h.origins.judge(r, browserScheme(r))
+	x.scheme = browserScheme(r)
+	x.verdict = h.origins.judge(r, x.scheme)
 	setCORS(x.w.Header(), x.verdict)
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 		h.serveProtectedPreflight(x)
@@ -99,7 +100,7 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 		return nil
 	}
 
-	v, err := h.identity.identify(r.Context(), r, x.repl, x.verdict.secure(r))
+	v, err := h.identity.identify(r.Context(), r, x.repl, x.secure())
 	if errors.Is(err, errNoUser) {
 		x.fail(http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized)
 		return nil
@@ -114,7 +115,11 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 		http.SetCookie(x.w, v.cookie)
 	}
 	// Exactly one identity header, ours: the client's copies are gone.
+	dropIdentityHeaders(r.Header, h.identityHeader)
 	r.Header[h.identityHeader] = []string{v.user}
+	// Placeholders are set now, so reverse_proxy and later handlers see them.
+	x.outcome = outcomeProxied
+	h.publishPlaceholders(x)
 
 	rec := &protectedResponse{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, verdict: x.verdict}
 	err = next.ServeHTTP(rec, r)
@@ -142,15 +147,24 @@ func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge,
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return "none", false, true
 	}
-	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if strings.HasPrefix(mediaType, "multipart/") {
-		// Attachment uploads: larger limit, streamed through untouched.
+	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if strings.HasPrefix(mediaType, "multipart/") && params["boundary"] != "" {
+		// Attachment uploads: larger limit, streamed through untouched, and
+		// free. Only a body that really starts as multipart counts: a JSON
+		// request merely labelled multipart must not escape the charge.
 		if r.ContentLength > h.maxUpload {
 			x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "upload exceeds "+strconv.FormatInt(h.maxUpload, 10)+" bytes", outcomeTooLarge)
 			return "", false, false
 		}
-		r.Body = http.MaxBytesReader(x.w, r.Body, h.maxUpload)
-		return "upload", false, true
+		delimiter := "--" + params["boundary"]
+		head := make([]byte, len(delimiter))
+		n, _ := io.ReadFull(r.Body, head)
+		head = head[:n]
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(head), r.Body), r.Body}
+		if string(head) == delimiter {
+			r.Body = http.MaxBytesReader(x.w, r.Body, h.maxUpload)
+			return "upload", false, true
+		}
 	}
 	body, tooLarge, err := readBody(r, h.protectedMaxBody)
 	if tooLarge {
@@ -163,7 +177,6 @@ func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge,
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
-	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 
 	t, valid := chatKitRequestType(body)
 	if !valid {
@@ -179,16 +192,27 @@ func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge,
 	return t, false, true
 }
 
-// chatKitRequestType reads the top-level `type` of a ChatKit request.
+// chatKitRequestType reads the top-level `type` of a ChatKit request. The
+// key is matched exactly, as the ChatKit server does: encoding/json would
+// fold case into a struct field and read another key than the server.
 func chatKitRequestType(body []byte) (string, bool) {
-	var req struct {
-		Type string `json:"type"`
-	}
 	trimmed := trimJSONSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &req) != nil || req.Type == "" {
+	var fields map[string]json.RawMessage
+	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &fields) != nil {
 		return "", false
 	}
-	return req.Type, true
+	var t string
+	if json.Unmarshal(fields["type"], &t) != nil || t == "" {
+		return "", false
+	}
+	return t, true
+}
+
+// readCloser reads from one reader and closes another: the original body
+// behind the bytes already peeked.
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 func (h *Handler) serveProtectedPreflight(x *exchange) {
@@ -257,4 +281,37 @@ func (p *protectedResponse) ReadFrom(r io.Reader) (int64, error) {
 		p.WriteHeader(http.StatusOK)
 	}
 	return p.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// dropIdentityHeaders removes every client-sent spelling of the identity
+// header: CGI-style gateways (FastCGI, WSGI) map `X_ChatKit_User` and
+// `X-ChatKit-User` to the same variable, so both must go.
+func dropIdentityHeaders(hdr http.Header, name string) {
+	for key := range hdr {
+		if len(key) == len(name) && sameHeaderName(key, name) {
+			delete(hdr, key)
+		}
+	}
+}
+
+func sameHeaderName(a, b string) bool {
+	for i := 0; i < len(a); i++ {
+		ca, cb := a[i], b[i]
+		if ca == '_' {
+			ca = '-'
+		}
+		if cb == '_' {
+			cb = '-'
+		}
+		if 'A' <= ca && ca <= 'Z' {
+			ca += 'a' - 'A'
+		}
+		if 'A' <= cb && cb <= 'Z' {
+			cb += 'a' - 'A'
+		}
+		if ca != cb {
+			return false
+		}
+	}
+	return true
 }

@@ -285,3 +285,35 @@ func TestProtectOnlyNeedsNoWorkflowOrKey(t *testing.T) {
 		t.Fatalf("health = %s", r.body)
 	}
 }
+
+func TestProtectCannotBeTricked(t *testing.T) {
+	fake, backend := newFake(t), newFakeChatKitServer(t)
+	startProtectedSite(t, fake, backend, "rate_limit 1 1m {\n\t\t\tzone protect-tricks-test\n\t\t}")
+	c := client(t)
+	// A second, differently cased "type" key must not make a model run free:
+	// the ChatKit server reads the exact key.
+	costly := `{"type":"threads.add_user_message","params":{},"TYPE":"threads.list"}`
+	if r := do(t, c, "POST", "/chatkit", costly, "Content-Type", "application/json"); r.status != 200 || r.header.Get("RateLimit") == "" {
+		t.Fatalf("first costly request = %d, RateLimit %q", r.status, r.header.Get("RateLimit"))
+	}
+	// Labelling a JSON body multipart does not make it a free upload.
+	r := do(t, c, "POST", "/chatkit", `{"type":"threads.create"}`, "Content-Type", "multipart/form-data; boundary=xyz")
+	expectError(t, r, http.StatusTooManyRequests, "rate_limit_exceeded")
+
+	// A read still passes, with our identity only.
+	r = do(t, c, "POST", "/chatkit", `{"type":"threads.list"}`, "Content-Type", "application/json", "X-ChatKit-User", "user:admin")
+	if ids := backend.last(t).identities; r.status != 200 || len(ids) != 1 || ids[0] == "user:admin" {
+		t.Fatalf("read request = %d, backend identities %v", r.status, ids)
+	}
+}
+
+func TestDropIdentityHeadersEverySpelling(t *testing.T) {
+	hdr := http.Header{}
+	for _, k := range []string{"X-Chatkit-User", "X_chatkit_user", "x-CHATKIT_user", "X-Chatkit-Users", "Other"} {
+		hdr[k] = []string{"user:admin"}
+	}
+	dropIdentityHeaders(hdr, "X-Chatkit-User")
+	if len(hdr) != 2 || hdr["X-Chatkit-Users"] == nil || hdr["Other"] == nil {
+		t.Fatalf("left %v: want only X-Chatkit-Users and Other", hdr)
+	}
+}

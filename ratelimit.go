@@ -98,8 +98,8 @@ type limiterZone struct {
 	// like any client's, under a fixed key.
 	budget         *bucketStore
 	budgetWarnTill atomic.Int64
-	// limit is the per-client limit of the newest config, which the janitor
-	// needs to tell refilled buckets.
+	// limit is the most lenient per-client limit among the configs that
+	// used the zone, which the janitor needs to tell refilled buckets.
 	limit    atomic.Pointer[limit]
 	sessions *sessionRegistry
 	stop     chan struct{}
@@ -135,6 +135,25 @@ func (z *limiterZone) janitor(now func() time.Time) {
 				z.buckets.sweep(t.UnixNano(), *l)
 			}
 			z.sessions.forgetExpired(t)
+		}
+	}
+}
+
+// keepLenientLimit records l for the janitor if it lets buckets hold more
+// than the limit recorded so far: handlers sharing a zone may differ, and a
+// bucket is only dropped once it is full under the most lenient of them.
+func (z *limiterZone) keepLenientLimit(l limit) {
+	for {
+		cur := z.limit.Load()
+		if cur != nil {
+			_, curTau, _ := cur.params()
+			_, tau, _ := l.params()
+			if curTau >= tau {
+				return
+			}
+		}
+		if z.limit.CompareAndSwap(cur, &l) {
+			return
 		}
 	}
 }
@@ -223,17 +242,20 @@ func (h *Handler) provisionZone(defaultZone string) error {
 	// The newest config decides the zone's size (a shrink evicts at once)
 	// and the limit the janitor sweeps by.
 	r.zone.buckets.setMaxKeys(maxKeys)
-	r.zone.limit.Store(&r.limit)
+	r.zone.keepLenientLimit(r.limit)
 	return nil
 }
 
 func (h *Handler) cleanupRateLimit() {
-	if h.limiter != nil {
+	// h.limiter stays set: a reload cleans up the old config while its last
+	// requests may still be running, and the zone they point at stays valid
+	// until they finish (a pooled value is only dropped, never reused).
+	if h.limiter != nil && !h.limiterReleased {
+		h.limiterReleased = true
 		if h.limiter.redis != nil {
 			h.limiter.redis.release()
 		}
 		_, _ = zones.Delete(h.limiter.zoneKey)
-		h.limiter = nil
 	}
 }
 

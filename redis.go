@@ -94,8 +94,12 @@ func (b *redisBackend) release() { _, _ = redisClients.Delete(b.poolKey) }
 func (b *redisBackend) usable(now time.Time) bool { return now.UnixNano() >= b.downUntil.Load() }
 
 // failed records an error: Redis is skipped for a moment, and the outage is
-// logged once, not once per request.
-func (b *redisBackend) failed(now time.Time, err error) {
+// logged once, not once per request. A request whose browser went away says
+// nothing about Redis and is not counted.
+func (b *redisBackend) failed(ctx context.Context, now time.Time, err error) {
+	if ctx.Err() != nil {
+		return
+	}
 	redisErrors.Inc()
 	b.downUntil.Store(now.Add(redisRetryBackoff).UnixNano())
 	if b.inOutage.CompareAndSwap(false, true) {
@@ -125,11 +129,11 @@ func (b *redisBackend) takeBudget(ctx context.Context, l limit, now time.Time) (
 }
 
 func (b *redisBackend) run(ctx context.Context, key string, l limit, now time.Time) (decision, error) {
-	ctx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	opCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
 	defer cancel()
-	res, err := b.limiter.Allow(ctx, key, redis_rate.Limit{Rate: 1, Period: l.interval, Burst: l.burst})
+	res, err := b.limiter.Allow(opCtx, key, redis_rate.Limit{Rate: 1, Period: l.interval, Burst: l.burst})
 	if err != nil {
-		b.failed(now, err)
+		b.failed(ctx, now, err)
 		return decision{}, err
 	}
 	b.succeeded()
@@ -157,11 +161,11 @@ func (b *redisBackend) rememberSession(ctx context.Context, secret string, s iss
 	if ttl < time.Second {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	opCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
 	defer cancel()
-	err := b.client.Set(ctx, b.sessionKey(secret), s.sessionID+"\n"+s.user, ttl).Err()
+	err := b.client.Set(opCtx, b.sessionKey(secret), s.sessionID+"\n"+s.user, ttl).Err()
 	if err != nil {
-		b.failed(now, err)
+		b.failed(ctx, now, err)
 		return err
 	}
 	b.succeeded()
@@ -171,16 +175,16 @@ func (b *redisBackend) rememberSession(ctx context.Context, secret string, s iss
 // takeSession returns and forgets the session of a secret issued to user,
 // by any instance sharing this Redis.
 func (b *redisBackend) takeSession(ctx context.Context, secret, user string, now time.Time) (issuedSession, bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	opCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
 	defer cancel()
 	key := b.sessionKey(secret)
-	val, err := b.client.Get(ctx, key).Result()
+	val, err := b.client.Get(opCtx, key).Result()
 	if errors.Is(err, redis.Nil) {
 		b.succeeded()
 		return issuedSession{}, false, nil
 	}
 	if err != nil {
-		b.failed(now, err)
+		b.failed(ctx, now, err)
 		return issuedSession{}, false, err
 	}
 	b.succeeded()
@@ -188,11 +192,11 @@ func (b *redisBackend) takeSession(ctx context.Context, secret, user string, now
 	if !ok || owner != user {
 		return issuedSession{}, false, nil
 	}
-	if b.client.Del(ctx, key).Val() != 1 {
+	if b.client.Del(opCtx, key).Val() != 1 {
 		// Another refresh took it first.
 		return issuedSession{}, false, nil
 	}
-	return issuedSession{sessionID: id, user: owner, expiresAt: now.Add(time.Minute).Unix()}, true, nil
+	return issuedSession{sessionID: id, user: owner}, true, nil
 }
 
 func (b *redisBackend) sessionKey(secret string) string {

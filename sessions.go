@@ -96,6 +96,11 @@ func (s *sessionRegistry) len() int {
 // revokeInBackground cancels a replaced session upstream without making the
 // refresh wait for it or fail because of it.
 func (h *Handler) revokeInBackground(sess issuedSession, requestID string) {
+	h.backgroundMu.Lock()
+	defer h.backgroundMu.Unlock()
+	if h.backgroundClosed {
+		return // the config is being cleaned up; the session expires anyway
+	}
 	h.background.Add(1)
 	go func() {
 		defer h.background.Done()
