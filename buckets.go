@@ -326,6 +326,23 @@ func (s *bucketStore) allow(key bucketKey, l limit, now int64) decision {
 	return makeDecision(allowed, a, now, t, burst)
 }
 
+// peek reports a client's bucket without spending from it, creating it, or
+// touching its recency: for the RateLimit headers of answers that cost
+// nothing (a refused origin, a wrong method, a preflight).
+func (s *bucketStore) peek(key bucketKey, l limit, now int64) decision {
+	now = min(now, math.MaxInt64-1)
+	t, tau, burst := l.params()
+	a := subSat(now, tau)
+	h := s.hash(&key)
+	sh := s.shardOf(h)
+	sh.mu.Lock()
+	if i := sh.find(&key, uint32(h)); i != 0 {
+		a = max(sh.entries[i].allowAt, a)
+	}
+	sh.mu.Unlock()
+	return makeDecision(a <= now, a, now, t, burst)
+}
+
 // setMaxKeys changes the bound to maxKeys live buckets (same rounding as
 // newBucketStore). Shrinking evicts least recently used buckets down to the
 // new bound and releases the memory beyond it.

@@ -175,15 +175,20 @@ func (h *Handler) serveMint(x *exchange) {
 	setCORS(x.w.Header(), x.verdict)
 
 	if r.Method == http.MethodOptions {
+		if x.verdict.cors || x.verdict.origin == "" && r.Header.Get("Origin") == "" {
+			h.describe(x)
+		}
 		h.servePreflight(x)
 		return
 	}
 	if r.Method != http.MethodPost {
+		h.describe(x)
 		x.w.Header().Set("Allow", "OPTIONS, POST")
 		x.fail(http.StatusMethodNotAllowed, "method_not_allowed", "use POST", outcomeMethodNotAllowed)
 		return
 	}
 	if !x.verdict.allowed {
+		h.describe(x)
 		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not request ChatKit sessions", outcomeOriginDenied)
 		return
 	}

@@ -336,6 +336,22 @@ func redisUnavailable(x *exchange) {
 	x.fail(http.StatusServiceUnavailable, "rate_limit_unavailable", "the rate limiter is unavailable, retry shortly", outcomeRateLimitUnavailable)
 }
 
+// describe sets the RateLimit headers on an answer that spends nothing, so
+// every answer from a limited endpoint carries them. In Redis mode the
+// in-process view is only an estimate, so only the policy is sent.
+func (h *Handler) describe(x *exchange) {
+	r := h.limiter
+	if r == nil || r.policy == "" {
+		return
+	}
+	hdr := x.w.Header()
+	hdr.Set("RateLimit-Policy", r.policy)
+	if r.redis == nil {
+		d := r.zone.buckets.peek(r.clientKey(x.r, x.repl), r.limit, h.now().UnixNano())
+		hdr.Set("RateLimit", rateLimitHeader(d))
+	}
+}
+
 func rateLimitHeader(d decision) string {
 	buf := make([]byte, 0, 40)
 	buf = append(buf, rateLimitPolicyName...)

@@ -142,3 +142,23 @@ func TestBudgetCapsSessionsAcrossClients(t *testing.T) {
 		t.Fatalf("upstream got %d calls, want 3", fake.CreateCount())
 	}
 }
+
+func TestRateLimitHeadersOnFreeAnswers(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "rate_limit 2 1m {\n\t\t\tzone free-answers-test\n\t\t}", "")
+	c := client(t)
+	// A wrong method and a refused origin carry the headers but spend nothing.
+	r := do(t, c, "GET", "/api/chatkit/start", "")
+	expectError(t, r, http.StatusMethodNotAllowed, "method_not_allowed")
+	expectRateLimitHeaders(t, r, 2, 120, 2)
+	r = do(t, c, "POST", "/api/chatkit/start", "", "Origin", "https://evil.example")
+	expectError(t, r, http.StatusForbidden, "origin_not_allowed")
+	expectRateLimitHeaders(t, r, 2, 120, 2)
+	expectRateLimitHeaders(t, do(t, c, "POST", "/api/chatkit/start", ""), 2, 120, 1)
+	expectRateLimitHeaders(t, do(t, c, "POST", "/api/chatkit/start", ""), 2, 120, 0)
+	r = do(t, c, "GET", "/api/chatkit/refresh", "")
+	expectRateLimitHeaders(t, r, 2, 120, 0)
+	if !strings.HasSuffix(r.header.Get("RateLimit"), ";t=60") {
+		t.Fatalf("RateLimit = %q, want the next token in 60s", r.header.Get("RateLimit"))
+	}
+}
