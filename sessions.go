@@ -33,6 +33,9 @@ type sessionRegistry struct {
 	mu      sync.Mutex
 	entries map[secretDigest]issuedSession
 	limit   int
+	// sweptAt throttles the full scan a full registry does, so a registry
+	// full of live sessions does not rescan on every request.
+	sweptAt int64
 }
 
 func newSessionRegistry(limit int) *sessionRegistry {
@@ -42,7 +45,8 @@ func newSessionRegistry(limit int) *sessionRegistry {
 func (s *sessionRegistry) remember(secret string, sess issuedSession, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.entries) >= s.limit {
+	if len(s.entries) >= s.limit && now.Unix() != s.sweptAt {
+		s.sweptAt = now.Unix()
 		s.forgetExpiredLocked(now.Unix())
 	}
 	if len(s.entries) >= s.limit {
