@@ -104,15 +104,11 @@ func runCompare(s *servers) error {
 // checkTargets primes the clients' cookies and shows that (a), (b) and
 // (c) make the same upstream call and succeed.
 func checkTargets(s *servers, clients []*vclient, ts map[string]*target) error {
-	fake, err := s.startFake()
+	fake, caddy, err := s.startStack(benchConf)
 	if err != nil {
 		return err
 	}
 	defer fake.stop()
-	caddy, err := s.startCaddy(s.caddyfile(benchConf))
-	if err != nil {
-		return err
-	}
 	defer caddy.stop()
 	if err := prime(clients, ts["a"]); err != nil {
 		return err

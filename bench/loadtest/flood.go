@@ -142,15 +142,11 @@ func runFlood(s *servers) error {
 	if o.quietWait > 0 {
 		waitQuiet(o.quietWait)
 	}
-	fake, err := s.startFake()
+	fake, caddy, err := s.startStack(conf)
 	if err != nil {
 		return err
 	}
 	defer fake.stop()
-	caddy, err := s.startCaddy(s.caddyfile(conf))
-	if err != nil {
-		return err
-	}
 	defer caddy.stop()
 
 	ts := targets(s)

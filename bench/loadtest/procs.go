@@ -306,6 +306,19 @@ func (s *servers) startFake() (*proc, error) {
 }
 
 // startCaddy writes caddyfile and runs Caddy on it.
+// startStack starts the fake upstream and a Caddy running conf, the pair
+// most runs need; on error nothing is left running.
+func (s *servers) startStack(conf caddyConf) (fake, caddy *proc, err error) {
+	if fake, err = s.startFake(); err != nil {
+		return nil, nil, err
+	}
+	if caddy, err = s.startCaddy(s.caddyfile(conf)); err != nil {
+		fake.stop()
+		return nil, nil, err
+	}
+	return fake, caddy, nil
+}
+
 func (s *servers) startCaddy(caddyfile string) (*proc, error) {
 	s.seq++
 	cfg := filepath.Join(s.work, fmt.Sprintf("Caddyfile-%03d", s.seq))

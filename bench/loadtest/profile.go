@@ -40,15 +40,11 @@ func profileTarget(s *servers, clients []*vclient, t *target, secs int) error {
 	if o.quietWait > 0 {
 		waitQuiet(o.quietWait)
 	}
-	fake, err := s.startFake()
+	fake, caddy, err := s.startStack(benchConf)
 	if err != nil {
 		return err
 	}
 	defer fake.stop()
-	caddy, err := s.startCaddy(s.caddyfile(benchConf))
-	if err != nil {
-		return err
-	}
 	defer caddy.stop()
 
 	cpuFile := filepath.Join(o.work, "cpu-"+t.key+".pprof")

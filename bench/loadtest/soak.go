@@ -22,17 +22,13 @@ func runSoak(s *servers) error {
 	if o.quietWait > 0 {
 		waitQuiet(o.quietWait)
 	}
-	fake, err := s.startFake()
+	conf := benchConf
+	conf.sessionTTL = ttls[0]
+	fake, caddy, err := s.startStack(conf)
 	if err != nil {
 		return err
 	}
 	defer fake.stop()
-	conf := benchConf
-	conf.sessionTTL = ttls[0]
-	caddy, err := s.startCaddy(s.caddyfile(conf))
-	if err != nil {
-		return err
-	}
 	defer caddy.stop()
 
 	ts := targets(s)
