@@ -26,21 +26,25 @@ const (
 	corsProtectedMethods = "GET, POST, OPTIONS"
 )
 
-// modelRunningTypes are the ChatKit request types that run the model and
-// so spend a rate-limit token; reading and listing threads are free.
-var modelRunningTypes = map[string]bool{
-	"threads.create":                 true,
-	"threads.add_user_message":       true,
-	"threads.add_client_tool_output": true,
-	"threads.retry_after_item":       true,
-	"threads.custom_action":          true,
+// runsModel reports whether a ChatKit request type runs the model and so
+// spends a rate-limit token; reading and listing threads are free.
+func runsModel(requestType string) bool {
+	switch requestType {
+	case "threads.create", "threads.add_user_message", "threads.add_client_tool_output",
+		"threads.retry_after_item", "threads.custom_action":
+		return true
+	}
+	return false
 }
 
-// knownRequestTypes bounds the `type` metric label: anything else is
-// counted as "other".
-var knownRequestTypes = map[string]bool{
-	"threads.get_by_id": true, "threads.list": true, "threads.update": true, "threads.delete": true,
-	"items.list": true, "items.feedback": true, "attachments.create": true, "attachments.delete": true,
+// metricType bounds the `type` metric label: an unknown type is "other".
+func metricType(requestType string) string {
+	switch requestType {
+	case "threads.get_by_id", "threads.list", "threads.update", "threads.delete",
+		"items.list", "items.feedback", "attachments.create", "attachments.delete":
+		return requestType
+	}
+	return "other"
 }
 
 // protectedPaths matches requests for the self-hosted ChatKit server with
@@ -183,13 +187,10 @@ func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge,
 		// The backend refuses it, but probing is not free.
 		return "malformed", true, true
 	}
-	if modelRunningTypes[t] {
+	if runsModel(t) {
 		return t, true, true
 	}
-	if !knownRequestTypes[t] {
-		t = "other"
-	}
-	return t, false, true
+	return metricType(t), false, true
 }
 
 // chatKitRequestType reads the top-level `type` of a ChatKit request. The

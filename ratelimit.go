@@ -95,7 +95,7 @@ type Budget struct {
 type limiterZone struct {
 	buckets *bucketStore
 	// budget is a one-bucket store: the site-wide ceiling is a token bucket
-	// like any client's, under a fixed key.
+	// like any client's, under the zero key.
 	budget         *bucketStore
 	budgetWarnTill atomic.Int64
 	// limit is the most lenient per-client limit among the configs that
@@ -105,9 +105,6 @@ type limiterZone struct {
 	stop     chan struct{}
 	done     chan struct{}
 }
-
-// budgetKey is the budget bucket's key in its own store.
-var budgetKey = bucketKey{}
 
 func newLimiterZone(maxKeys int, now func() time.Time) *limiterZone {
 	z := &limiterZone{
@@ -383,7 +380,7 @@ func (h *Handler) spendBudget(x *exchange) bool {
 			redisUnavailable(x)
 			return false
 		}
-		d = r.zone.budget.allow(budgetKey, *r.budget, now)
+		d = r.zone.budget.allow(bucketKey{}, *r.budget, now)
 	}
 	if d.allowed {
 		return true
