@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -362,7 +361,7 @@ func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err err
 	if r.Body == nil || r.ContentLength == 0 {
 		return nil, false, nil
 	}
-	body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+	body, err = readCapped(r.Body, r.ContentLength, limit+1)
 	if int64(len(body)) > limit {
 		return nil, true, nil
 	}

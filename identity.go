@@ -161,12 +161,17 @@ func (s *identitySource) sign(id [cookieIDLen]byte, expires time.Time) string {
 	raw[0] = cookieVersion
 	copy(raw[1:], id[:])
 	binary.BigEndian.PutUint64(raw[1+cookieIDLen:], uint64(expires.Unix()))
-	mac := s.macPool.Get().(hash.Hash)
-	mac.Reset()
-	mac.Write(raw[:cookiePayloadLen])
-	mac.Sum(raw[:cookiePayloadLen])
-	s.macPool.Put(mac)
+	s.appendMAC(raw[:cookiePayloadLen], raw[:cookiePayloadLen])
 	return base64.RawURLEncoding.EncodeToString(raw[:])
+}
+
+// appendMAC appends the HMAC of payload to dst, with a pooled hash.
+func (s *identitySource) appendMAC(dst, payload []byte) []byte {
+	mac := s.macPool.Get().(hash.Hash)
+	defer s.macPool.Put(mac)
+	mac.Reset()
+	mac.Write(payload)
+	return mac.Sum(dst)
 }
 
 // verify checks a cookie value's signature and expiry in constant time
@@ -185,11 +190,7 @@ func (s *identitySource) verify(value string, now time.Time) (id [cookieIDLen]by
 		return id, expires, false
 	}
 	var want [sha256.Size]byte
-	mac := s.macPool.Get().(hash.Hash)
-	mac.Reset()
-	mac.Write(raw[:cookiePayloadLen])
-	mac.Sum(want[:0])
-	s.macPool.Put(mac)
+	s.appendMAC(want[:0], raw[:cookiePayloadLen])
 	if !hmac.Equal(want[:], raw[cookiePayloadLen:]) {
 		return id, expires, false
 	}

@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"cmp"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -291,8 +292,7 @@ func (h *Handler) admit(x *exchange) bool {
 		return true
 	}
 	key := r.clientKey(x.r, x.repl)
-	now := h.now()
-	d, ok := r.decideShared(x, key, now)
+	d, ok := r.decideShared(x, r.redisKeyPrefix()+hex.EncodeToString(key[:]), r.zone.buckets, key, r.limit, h.now())
 	if !ok {
 		return false
 	}
@@ -308,13 +308,14 @@ func (h *Handler) admit(x *exchange) bool {
 	return false
 }
 
-// decideShared asks Redis when configured, and this instance's buckets
-// otherwise or while Redis is down (unless on_redis_error is deny, in which
-// case it answers 503 and ok is false).
-func (r *rateLimiter) decideShared(x *exchange, key bucketKey, now time.Time) (d decision, ok bool) {
+// decideShared spends one token from a bucket: in Redis when configured,
+// and in this instance's store otherwise or while Redis is down (unless
+// on_redis_error is deny, in which case it answers 503 and ok is false).
+// Clients' buckets and the budget both go through here.
+func (r *rateLimiter) decideShared(x *exchange, redisKey string, store *bucketStore, key bucketKey, l limit, now time.Time) (d decision, ok bool) {
 	if b := r.redis; b != nil {
 		if b.usable(now) {
-			d, err := b.allow(x.r.Context(), key, r.limit, now)
+			d, err := b.run(x.r.Context(), redisKey, l, now)
 			if err == nil {
 				return d, true
 			}
@@ -325,7 +326,15 @@ func (r *rateLimiter) decideShared(x *exchange, key bucketKey, now time.Time) (d
 		}
 		redisFallbacks.Inc()
 	}
-	return r.zone.buckets.allow(key, r.limit, now.UnixNano()), true
+	return store.allow(key, l, now.UnixNano()), true
+}
+
+// redisKeyPrefix namespaces the zone's keys in Redis ("" without Redis).
+func (r *rateLimiter) redisKeyPrefix() string {
+	if r.redis == nil {
+		return ""
+	}
+	return r.redis.prefix
 }
 
 func redisUnavailable(x *exchange) {
@@ -368,19 +377,9 @@ func (h *Handler) spendBudget(x *exchange) bool {
 	}
 	t := h.now()
 	now := t.UnixNano()
-	var d decision
-	shared := false
-	if b := r.redis; b != nil && b.usable(t) {
-		var err error
-		d, err = b.takeBudget(x.r.Context(), *r.budget, t)
-		shared = err == nil
-	}
-	if !shared {
-		if r.redis != nil && r.redis.deny {
-			redisUnavailable(x)
-			return false
-		}
-		d = r.zone.budget.allow(bucketKey{}, *r.budget, now)
+	d, ok := r.decideShared(x, r.redisKeyPrefix()+"budget", r.zone.budget, bucketKey{}, *r.budget, t)
+	if !ok {
+		return false
 	}
 	if d.allowed {
 		return true

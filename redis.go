@@ -118,26 +118,30 @@ func (b *redisBackend) succeeded() {
 	}
 }
 
-// allow spends one token from a client's bucket in Redis.
-func (b *redisBackend) allow(ctx context.Context, key bucketKey, l limit, now time.Time) (decision, error) {
-	return b.run(ctx, b.prefix+hex.EncodeToString(key[:]), l, now)
-}
-
-// takeBudget spends one session from the zone's shared budget.
-func (b *redisBackend) takeBudget(ctx context.Context, l limit, now time.Time) (decision, error) {
-	return b.run(ctx, b.prefix+"budget", l, now)
-}
-
-func (b *redisBackend) run(ctx context.Context, key string, l limit, now time.Time) (decision, error) {
+// op runs one Redis operation under the op timeout and records whether
+// Redis answered.
+func (b *redisBackend) op(ctx context.Context, now time.Time, fn func(context.Context) error) error {
 	opCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
 	defer cancel()
-	res, err := b.limiter.Allow(opCtx, key, redis_rate.Limit{Rate: 1, Period: l.interval, Burst: l.burst})
-	if err != nil {
+	if err := fn(opCtx); err != nil {
 		b.failed(ctx, now, err)
-		return decision{}, err
+		return err
 	}
 	b.succeeded()
-	return redisDecision(res, l), nil
+	return nil
+}
+
+// run spends one token from the bucket at key (a client's, or the budget).
+func (b *redisBackend) run(ctx context.Context, key string, l limit, now time.Time) (decision, error) {
+	var d decision
+	err := b.op(ctx, now, func(ctx context.Context) error {
+		res, err := b.limiter.Allow(ctx, key, redis_rate.Limit{Rate: 1, Period: l.interval, Burst: l.burst})
+		if err == nil {
+			d = redisDecision(res, l)
+		}
+		return err
+	})
+	return d, err
 }
 
 // redisDecision turns redis_rate's answer into the same decision the
@@ -161,38 +165,34 @@ func (b *redisBackend) rememberSession(ctx context.Context, secret string, s iss
 	if ttl < time.Second {
 		return nil
 	}
-	opCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
-	defer cancel()
-	err := b.client.Set(opCtx, b.sessionKey(secret), s.sessionID+"\n"+s.user, ttl).Err()
-	if err != nil {
-		b.failed(ctx, now, err)
-		return err
-	}
-	b.succeeded()
-	return nil
+	return b.op(ctx, now, func(ctx context.Context) error {
+		return b.client.Set(ctx, b.sessionKey(secret), s.sessionID+"\n"+s.user, ttl).Err()
+	})
 }
 
 // takeSession returns and forgets the session of a secret issued to user,
 // by any instance sharing this Redis.
 func (b *redisBackend) takeSession(ctx context.Context, secret, user string, now time.Time) (issuedSession, bool, error) {
-	opCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
-	defer cancel()
 	key := b.sessionKey(secret)
-	val, err := b.client.Get(opCtx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		b.succeeded()
-		return issuedSession{}, false, nil
-	}
-	if err != nil {
-		b.failed(ctx, now, err)
+	var val string
+	err := b.op(ctx, now, func(ctx context.Context) error {
+		var err error
+		val, err = b.client.Get(ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			return nil // not found is an answer
+		}
+		return err
+	})
+	if err != nil || val == "" {
 		return issuedSession{}, false, err
 	}
-	b.succeeded()
 	id, owner, ok := strings.Cut(val, "\n")
 	if !ok || owner != user {
 		return issuedSession{}, false, nil
 	}
-	if b.client.Del(opCtx, key).Val() != 1 {
+	delCtx, cancel := context.WithTimeout(ctx, redisOpTimeout)
+	defer cancel()
+	if b.client.Del(delCtx, key).Val() != 1 {
 		// Another refresh took it first.
 		return issuedSession{}, false, nil
 	}

@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -460,7 +461,7 @@ func BenchmarkRedisDecision(b *testing.B) {
 	b.Run("redis", func(b *testing.B) {
 		ctx := context.Background()
 		for i := 0; b.Loop(); i++ {
-			if _, err := backend.allow(ctx, keys[i%len(keys)], l, time.Now()); err != nil {
+			if _, err := backend.run(ctx, backend.prefix+hex.EncodeToString(keys[i%len(keys)][:]), l, time.Now()); err != nil {
 				b.Fatal(err)
 			}
 		}
