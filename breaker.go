@@ -90,13 +90,13 @@ func (g *upstreamGuard) record(uerr *upstreamError, probe bool, now time.Time) {
 	if uerr != nil && uerr.failure == failCanceled {
 		return
 	}
-	if uerr == nil || !countsAgainstUpstream(uerr.failure) {
+	if uerr == nil || !uerr.failure.rule().tripsBreaker {
 		// OpenAI answered: the service is up.
 		if !g.openUntil.IsZero() && g.onClose != nil {
 			g.onClose()
 		}
 		g.failures, g.openUntil = 0, time.Time{}
-		g.configError = uerr != nil && isConfigError(uerr.failure)
+		g.configError = uerr != nil && uerr.failure.rule().configError
 		if g.configError && g.errorTTL > 0 {
 			g.cached, g.cachedTill = uerr, now.Add(g.errorTTL)
 		}
@@ -119,18 +119,6 @@ func (g *upstreamGuard) degraded(now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.configError || (!g.openUntil.IsZero() && now.Before(g.openUntil))
-}
-
-func countsAgainstUpstream(f upstreamFailure) bool {
-	switch f {
-	case failNetwork, failTimeout, failServer, failInvalidResponse:
-		return true
-	}
-	return false
-}
-
-func isConfigError(f upstreamFailure) bool {
-	return f == failAuth || f == failNotFound
 }
 
 func (h *Handler) newUpstreamGuard() *upstreamGuard {

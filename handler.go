@@ -94,6 +94,7 @@ type exchange struct {
 	upstreamErr *upstreamError
 	cachedError bool
 	userHash    string
+	rateLimit   rateLimitState // written with the answer
 }
 
 // ServeHTTP answers the module's own paths and passes everything else on.
@@ -153,7 +154,7 @@ func (h *Handler) route(path string) endpoint {
 func (h *Handler) serveHealth(x *exchange) {
 	if x.r.Method != http.MethodGet && x.r.Method != http.MethodHead {
 		x.w.Header().Set("Allow", "GET, HEAD")
-		x.fail(http.StatusMethodNotAllowed, "method_not_allowed", "use GET", outcomeMethodNotAllowed)
+		x.refuse(answerHealthMethod)
 		return
 	}
 	x.outcome = outcomeHealth
@@ -175,35 +176,37 @@ func (h *Handler) serveMint(x *exchange) {
 
 	if r.Method == http.MethodOptions {
 		if x.verdict.cors || x.verdict.origin == "" && r.Header.Get("Origin") == "" {
-			h.describe(x)
+			x.rateLimit = h.limiter.peekClient(r, x.repl, h.now())
 		}
 		h.servePreflight(x)
 		return
 	}
 	if r.Method != http.MethodPost {
-		h.describe(x)
+		x.rateLimit = h.limiter.peekClient(r, x.repl, h.now())
 		x.w.Header().Set("Allow", "OPTIONS, POST")
-		x.fail(http.StatusMethodNotAllowed, "method_not_allowed", "use POST", outcomeMethodNotAllowed)
+		x.refuse(answerMethodNotAllowed)
 		return
 	}
 	if !x.verdict.allowed {
-		h.describe(x)
-		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not request ChatKit sessions", outcomeOriginDenied)
+		x.rateLimit = h.limiter.peekClient(r, x.repl, h.now())
+		x.refuse(answerOriginDenied)
 		return
 	}
 	// Every POST past the origin check costs a token, whatever follows:
 	// probing with bad bodies is not free.
-	if !h.admit(x) {
+	verdict, state := h.limiter.chargeClient(r.Context(), r, x.repl, h.now())
+	x.rateLimit = state
+	if !x.admitted(verdict) {
 		return
 	}
 
 	body, tooLarge, err := readBody(r, h.maxBody)
 	if tooLarge {
-		x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds "+strconv.FormatInt(h.maxBody, 10)+" bytes", outcomeTooLarge)
+		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(h.maxBody, 10) + " bytes"))
 		return
 	}
 	if err != nil {
-		x.fail(http.StatusBadRequest, "bad_request", "could not read the request body", outcomeBadRequest)
+		x.refuse(answerUnreadableBody)
 		return
 	}
 	var presented string
@@ -213,18 +216,18 @@ func (h *Handler) serveMint(x *exchange) {
 		presented, err = parseRefreshBody(body)
 	}
 	if err != nil {
-		x.fail(http.StatusBadRequest, "bad_request", err.Error(), outcomeBadRequest)
+		x.refuse(answerBadRequest.withMessage(err.Error()))
 		return
 	}
 
 	v, err := h.identity.identify(r.Context(), r, x.repl, x.secure())
 	if errors.Is(err, errNoUser) {
-		x.fail(http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized)
+		x.refuse(answerUnauthorized)
 		return
 	}
 	if err != nil {
 		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
-		x.fail(http.StatusInternalServerError, "internal_error", "the server could not identify this visitor", outcomeInternalError)
+		x.refuse(answerNoIdentity)
 		return
 	}
 	x.user = v.user
@@ -263,11 +266,10 @@ func (h *Handler) mint(x *exchange) (createdSession, bool) {
 		return session, false
 	}
 	if breakerWait > 0 {
-		x.w.Header().Set("Retry-After", retryAfterSeconds(breakerWait))
-		x.fail(http.StatusServiceUnavailable, "circuit_open", "the chat service is failing; retrying shortly", outcomeCircuitOpen)
+		x.refuseAfter(answerCircuitOpen, breakerWait)
 		return session, false
 	}
-	if !h.spendBudget(x) {
+	if !x.admitted(h.limiter.spendBudget(x.r.Context(), h.now())) {
 		h.guard.release(probe)
 		return session, false
 	}
@@ -275,7 +277,7 @@ func (h *Handler) mint(x *exchange) (createdSession, bool) {
 	if err != nil {
 		h.guard.release(probe)
 		h.logger.Error("cannot encode the session request", zap.Error(err))
-		x.fail(http.StatusInternalServerError, "internal_error", "the server could not build the session request", outcomeInternalError)
+		x.refuse(answerInternal)
 		return session, false
 	}
 	ctx, cancel := context.WithTimeout(x.r.Context(), h.timeout)
@@ -306,7 +308,7 @@ func (h *Handler) servePreflight(x *exchange) {
 		return
 	}
 	if !x.verdict.cors {
-		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not request ChatKit sessions", outcomeOriginDenied)
+		x.refuse(answerOriginDenied)
 		return
 	}
 	hdr.Set("Access-Control-Allow-Methods", corsAllowMethods)
@@ -315,35 +317,35 @@ func (h *Handler) servePreflight(x *exchange) {
 	x.writeStatus(http.StatusNoContent)
 }
 
-// failUpstream maps an upstream failure to the module's documented answer.
-// The upstream body never reaches the browser.
+// failUpstream answers an upstream failure as its rule says. The
+// upstream body never reaches the browser.
 func (h *Handler) failUpstream(x *exchange, e *upstreamError) {
-	switch e.failure {
-	case failTimeout:
-		x.fail(http.StatusGatewayTimeout, "upstream_timeout", "OpenAI did not answer in time", outcomeUpstreamTimeout)
-	case failCanceled:
-		// The browser is gone; nobody reads this, but the log should say so.
-		x.fail(499, "client_closed_request", "the client went away", outcomeClientClosed)
-	case failAuth:
-		x.fail(http.StatusBadGateway, "upstream_auth_failed", "the chat service is misconfigured", outcomeUpstreamError)
-	case failNotFound:
-		x.fail(http.StatusBadGateway, "workflow_not_found", "the chat service is misconfigured", outcomeUpstreamError)
-	case failRateLimited:
+	rule := e.failure.rule()
+	if rule.waitByDefault > 0 {
 		wait := e.retryAfter
 		if wait <= 0 {
-			wait = 5 * time.Second
+			wait = rule.waitByDefault
 		}
-		x.w.Header().Set("Retry-After", retryAfterSeconds(min(wait, time.Minute)))
-		x.fail(http.StatusServiceUnavailable, "upstream_rate_limited", "the chat service is busy, try again shortly", outcomeUpstreamError)
-	case failInvalidResponse:
-		x.fail(http.StatusBadGateway, "upstream_invalid_response", "the chat service answered unexpectedly", outcomeUpstreamError)
-	case failRejected:
-		x.fail(http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError)
-	case failServer:
-		x.fail(http.StatusBadGateway, "upstream_error", "the chat service failed, try again shortly", outcomeUpstreamError)
-	default:
-		x.fail(http.StatusBadGateway, "upstream_unreachable", "the chat service could not be reached", outcomeUpstreamError)
+		x.refuseAfter(rule.answer, min(wait, time.Minute))
+		return
 	}
+	x.refuse(rule.answer)
+}
+
+// admitted answers a limiter's refusal and reports whether the request
+// may go on.
+func (x *exchange) admitted(v limitVerdict) bool {
+	switch v.result {
+	case limitAllowed:
+		return true
+	case limitRateLimited:
+		x.refuseAfter(answerRateLimited, v.retryAfter)
+	case limitBudgetExhausted:
+		x.refuseAfter(answerBudgetExhausted, v.retryAfter)
+	default:
+		x.refuseAfter(answerLimiterDown, v.retryAfter)
+	}
+	return false
 }
 
 // retryAfterSeconds renders a wait as whole seconds, rounded up, never 0.
@@ -430,6 +432,7 @@ func (x *exchange) writeJSON(status int, body []byte) {
 	hdr["Cache-Control"] = []string{"no-store"}
 	hdr["X-Content-Type-Options"] = []string{"nosniff"}
 	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	x.rateLimit.apply(hdr)
 	x.status = status
 	x.w.WriteHeader(status)
 	if x.r.Method != http.MethodHead {
@@ -438,23 +441,33 @@ func (x *exchange) writeJSON(status int, body []byte) {
 }
 
 func (x *exchange) writeStatus(status int) {
-	x.w.Header()["Cache-Control"] = []string{"no-store"}
+	hdr := x.w.Header()
+	hdr["Cache-Control"] = []string{"no-store"}
+	x.rateLimit.apply(hdr)
 	x.status = status
 	x.w.WriteHeader(status)
 }
 
-// fail sends `{"error","message","request_id"}`.
-func (x *exchange) fail(status int, code, message, outcome string) {
-	x.outcome = outcome
-	out := make([]byte, 0, 96+len(message)+len(x.requestID))
+// refuse sends an error answer: `{"error","message","request_id"}`.
+func (x *exchange) refuse(a answer) {
+	x.outcome = a.outcome
+	out := make([]byte, 0, 96+len(a.message)+len(x.requestID))
 	out = append(out, `{"error":`...)
-	out = appendJSONString(out, code)
+	out = appendJSONString(out, a.code)
 	out = append(out, `,"message":`...)
-	out = appendJSONString(out, message)
+	out = appendJSONString(out, a.message)
 	out = append(out, `,"request_id":`...)
 	out = appendJSONString(out, x.requestID)
 	out = append(out, '}')
-	x.writeJSON(status, out)
+	x.writeJSON(a.status, out)
+}
+
+// refuseAfter sends an answer that can be retried after wait, saying when
+// in Retry-After and in the message.
+func (x *exchange) refuseAfter(a answer, wait time.Duration) {
+	secs := retryAfterSeconds(wait)
+	x.w.Header().Set("Retry-After", secs)
+	x.refuse(a.withMessage(a.message + ", retry in " + secs + "s"))
 }
 
 // userHash is a short, stable, non-reversible tag for a user id, for logs.
@@ -538,23 +551,6 @@ func (h *Handler) finish(x *exchange) {
 
 // upstreamLogLevel picks a level and a message that says what to fix.
 func upstreamLogLevel(e *upstreamError) (zapcore.Level, string) {
-	switch e.failure {
-	case failAuth:
-		return zapcore.ErrorLevel, "OpenAI rejected the API key: check api_key (OPENAI_API_KEY) and that its project may use ChatKit"
-	case failNotFound:
-		return zapcore.ErrorLevel, "OpenAI does not know the workflow: the key and the workflow belong to different projects, the workflow id is wrong, or Agent Builder has been retired"
-	case failRejected:
-		return zapcore.ErrorLevel, "OpenAI refused the session request: check the chatkit options (see openai_error_param)"
-	case failCanceled:
-		return zapcore.InfoLevel, "client went away during the upstream call"
-	case failTimeout:
-		return zapcore.WarnLevel, "OpenAI did not answer before the timeout"
-	case failRateLimited:
-		return zapcore.WarnLevel, "OpenAI is rate limiting this key"
-	case failInvalidResponse:
-		return zapcore.WarnLevel, "OpenAI answered with an unusable response"
-	case failServer:
-		return zapcore.WarnLevel, "OpenAI failed to create the session"
-	}
-	return zapcore.WarnLevel, "could not reach OpenAI"
+	rule := e.failure.rule()
+	return rule.level, rule.log
 }

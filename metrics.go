@@ -100,11 +100,8 @@ func observeUpstream(operation string, status int, uerr *upstreamError, d time.D
 
 func statusClass(status int, uerr *upstreamError) string {
 	if status == 0 {
-		if uerr != nil && uerr.failure == failTimeout {
-			return "timeout"
-		}
-		if uerr != nil && uerr.failure == failCanceled {
-			return "canceled"
+		if uerr != nil && uerr.failure.rule().metricClass != "" {
+			return uerr.failure.rule().metricClass
 		}
 		return "error"
 	}

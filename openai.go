@@ -116,21 +116,6 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 // close releases this handler's hold on the shared transport.
 func (c *upstreamClient) close() { _, _ = transports.Delete(c.apiBase) }
 
-// upstreamFailure classifies why a session could not be created.
-type upstreamFailure int
-
-const (
-	failNetwork         upstreamFailure = iota + 1 // connection refused, reset, DNS
-	failTimeout                                    // the deadline passed
-	failCanceled                                   // the browser went away
-	failAuth                                       // 401/403: the key is wrong or lacks access
-	failNotFound                                   // 404: the workflow is unknown to the key's project
-	failRateLimited                                // 429
-	failServer                                     // 5xx
-	failRejected                                   // other 4xx: OpenAI refused what we sent
-	failInvalidResponse                            // a 200 we cannot use
-)
-
 // upstreamError describes a failed upstream call without carrying any part
 // of the upstream body except OpenAI's error type, code and param.
 type upstreamError struct {

@@ -91,7 +91,7 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 		return nil
 	}
 	if !x.verdict.allowed {
-		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not use this chat", outcomeOriginDenied)
+		x.refuse(answerOriginDenied)
 		return nil
 	}
 
@@ -100,18 +100,22 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 		return nil
 	}
 	x.requestType = requestType
-	if charge && !h.admit(x) {
-		return nil
+	if charge {
+		verdict, state := h.limiter.chargeClient(r.Context(), r, x.repl, h.now())
+		x.rateLimit = state
+		if !x.admitted(verdict) {
+			return nil
+		}
 	}
 
 	v, err := h.identity.identify(r.Context(), r, x.repl, x.secure())
 	if errors.Is(err, errNoUser) {
-		x.fail(http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized)
+		x.refuse(answerUnauthorized)
 		return nil
 	}
 	if err != nil {
 		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
-		x.fail(http.StatusInternalServerError, "internal_error", "the server could not identify this visitor", outcomeInternalError)
+		x.refuse(answerNoIdentity)
 		return nil
 	}
 	x.user = v.user
@@ -124,6 +128,7 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 	// Placeholders are set now, so reverse_proxy and later handlers see them.
 	x.outcome = outcomeProxied
 	h.publishPlaceholders(x)
+	x.rateLimit.apply(x.w.Header())
 
 	rec := &protectedResponse{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, verdict: x.verdict}
 	err = next.ServeHTTP(rec, r)
@@ -131,7 +136,7 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 	x.outcome = outcomeProxied
 	if err != nil {
 		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig && !rec.wroteHeader {
-			x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "upload exceeds "+strconv.FormatInt(h.maxUpload, 10)+" bytes", outcomeTooLarge)
+			x.refuse(answerTooLarge.withMessage("upload exceeds " + strconv.FormatInt(h.maxUpload, 10) + " bytes"))
 			return nil
 		}
 		x.outcome = outcomeBackendError
@@ -157,7 +162,7 @@ func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge,
 		// free. Only a body that really starts as multipart counts: a JSON
 		// request merely labelled multipart must not escape the charge.
 		if r.ContentLength > h.maxUpload {
-			x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "upload exceeds "+strconv.FormatInt(h.maxUpload, 10)+" bytes", outcomeTooLarge)
+			x.refuse(answerTooLarge.withMessage("upload exceeds " + strconv.FormatInt(h.maxUpload, 10) + " bytes"))
 			return "", false, false
 		}
 		delimiter := "--" + params["boundary"]
@@ -172,11 +177,11 @@ func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge,
 	}
 	body, tooLarge, err := readBody(r, h.protectedMaxBody)
 	if tooLarge {
-		x.fail(http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds "+strconv.FormatInt(h.protectedMaxBody, 10)+" bytes", outcomeTooLarge)
+		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(h.protectedMaxBody, 10) + " bytes"))
 		return "", false, false
 	}
 	if err != nil {
-		x.fail(http.StatusBadRequest, "bad_request", "could not read the request body", outcomeBadRequest)
+		x.refuse(answerUnreadableBody)
 		return "", false, false
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
@@ -219,7 +224,7 @@ type readCloser struct {
 func (h *Handler) serveProtectedPreflight(x *exchange) {
 	x.outcome = outcomePreflight
 	if !x.verdict.cors {
-		x.fail(http.StatusForbidden, "origin_not_allowed", "this origin may not use this chat", outcomeOriginDenied)
+		x.refuse(answerOriginDenied)
 		return
 	}
 	hdr := x.w.Header()

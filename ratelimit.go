@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"cmp"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -175,6 +176,7 @@ type rateLimiter struct {
 	policy     string // the RateLimit-Policy header value
 	budget     *limit
 	redis      *redisBackend // nil: in-process only
+	logger     *zap.Logger
 }
 
 // provisionZone acquires the handler's zone from the pool and sets up the
@@ -189,6 +191,7 @@ func (h *Handler) provisionZone(defaultZone string) error {
 		keyPattern: rl.Key,
 		ipv4Prefix: cmp.Or(rl.IPv4Prefix, defaultIPv4Prefix),
 		ipv6Prefix: cmp.Or(rl.IPv6Prefix, defaultIPv6Prefix),
+		logger:     h.logger,
 	}
 	if r.limit.interval == 0 {
 		r.limit.interval = defaultInterval
@@ -284,44 +287,84 @@ func (r *rateLimiter) clientKey(req *http.Request, repl *caddy.Replacer) bucketK
 	return stringBucketKey(req.RemoteAddr)
 }
 
-// admit charges the client one token and sets the RateLimit headers. It
-// returns false after answering 429.
-func (h *Handler) admit(x *exchange) bool {
-	r := h.limiter
+// limitResult is the limiter's decision on one request.
+type limitResult uint8
+
+const (
+	limitAllowed         limitResult = iota
+	limitRateLimited                 // the client's bucket is empty
+	limitBudgetExhausted             // the site-wide budget is used up
+	limitUnavailable                 // Redis is unreachable and on_redis_error is deny
+)
+
+// limitVerdict is what the limiter decided; the handler turns a refusal
+// into its answer.
+type limitVerdict struct {
+	result     limitResult
+	retryAfter time.Duration
+}
+
+// rateLimitState is what the RateLimit headers report on the answer.
+type rateLimitState struct {
+	policy string // the RateLimit-Policy value; "" when the client limit is off
+	state  string // the RateLimit value; "" when not known (a peek in Redis mode)
+}
+
+// apply writes the headers, once, when the answer goes out.
+func (s rateLimitState) apply(hdr http.Header) {
+	if s.policy == "" {
+		return
+	}
+	hdr["Ratelimit-Policy"] = []string{s.policy}
+	if s.state != "" {
+		hdr["Ratelimit"] = []string{s.state}
+	}
+}
+
+// chargeClient spends one of the client's tokens.
+func (r *rateLimiter) chargeClient(ctx context.Context, req *http.Request, repl *caddy.Replacer, now time.Time) (limitVerdict, rateLimitState) {
 	if r.policy == "" {
-		return true
+		return limitVerdict{}, rateLimitState{}
 	}
-	key := r.clientKey(x.r, x.repl)
-	d, ok := r.decideShared(x, r.redisKeyPrefix()+hex.EncodeToString(key[:]), r.zone.buckets, key, r.limit, h.now())
+	key := r.clientKey(req, repl)
+	d, ok := r.decideShared(ctx, r.redisKeyPrefix()+hex.EncodeToString(key[:]), r.zone.buckets, key, r.limit, now)
 	if !ok {
-		return false
+		return limitVerdict{result: limitUnavailable, retryAfter: redisRetryBackoff}, rateLimitState{policy: r.policy}
 	}
-	hdr := x.w.Header()
-	hdr.Set("RateLimit-Policy", r.policy)
-	hdr.Set("RateLimit", rateLimitHeader(d))
+	st := rateLimitState{policy: r.policy, state: rateLimitHeader(d)}
 	if d.allowed {
-		return true
+		return limitVerdict{}, st
 	}
-	wait := retryAfterSeconds(d.retryAfter)
-	hdr.Set("Retry-After", wait)
-	x.fail(http.StatusTooManyRequests, "rate_limit_exceeded", "too many requests, retry in "+wait+"s", outcomeRateLimited)
-	return false
+	return limitVerdict{result: limitRateLimited, retryAfter: d.retryAfter}, st
+}
+
+// peekClient reports the client's bucket without spending from it, for
+// answers that cost nothing. In Redis mode the in-process view is only an
+// estimate, so only the policy is reported.
+func (r *rateLimiter) peekClient(req *http.Request, repl *caddy.Replacer, now time.Time) rateLimitState {
+	if r == nil || r.policy == "" {
+		return rateLimitState{}
+	}
+	st := rateLimitState{policy: r.policy}
+	if r.redis == nil {
+		st.state = rateLimitHeader(r.zone.buckets.peek(r.clientKey(req, repl), r.limit, now.UnixNano()))
+	}
+	return st
 }
 
 // decideShared spends one token from a bucket: in Redis when configured,
 // and in this instance's store otherwise or while Redis is down (unless
-// on_redis_error is deny, in which case it answers 503 and ok is false).
-// Clients' buckets and the budget both go through here.
-func (r *rateLimiter) decideShared(x *exchange, redisKey string, store *bucketStore, key bucketKey, l limit, now time.Time) (d decision, ok bool) {
+// on_redis_error is deny, in which case ok is false). Clients' buckets and
+// the budget both go through here.
+func (r *rateLimiter) decideShared(ctx context.Context, redisKey string, store *bucketStore, key bucketKey, l limit, now time.Time) (d decision, ok bool) {
 	if b := r.redis; b != nil {
 		if b.usable(now) {
-			d, err := b.run(x.r.Context(), redisKey, l, now)
+			d, err := b.run(ctx, redisKey, l, now)
 			if err == nil {
 				return d, true
 			}
 		}
 		if b.deny {
-			redisUnavailable(x)
 			return d, false
 		}
 		redisFallbacks.Inc()
@@ -337,27 +380,6 @@ func (r *rateLimiter) redisKeyPrefix() string {
 	return r.redis.prefix
 }
 
-func redisUnavailable(x *exchange) {
-	x.w.Header().Set("Retry-After", retryAfterSeconds(redisRetryBackoff))
-	x.fail(http.StatusServiceUnavailable, "rate_limit_unavailable", "the rate limiter is unavailable, retry shortly", outcomeRateLimitUnavailable)
-}
-
-// describe sets the RateLimit headers on an answer that spends nothing, so
-// every answer from a limited endpoint carries them. In Redis mode the
-// in-process view is only an estimate, so only the policy is sent.
-func (h *Handler) describe(x *exchange) {
-	r := h.limiter
-	if r == nil || r.policy == "" {
-		return
-	}
-	hdr := x.w.Header()
-	hdr.Set("RateLimit-Policy", r.policy)
-	if r.redis == nil {
-		d := r.zone.buckets.peek(r.clientKey(x.r, x.repl), r.limit, h.now().UnixNano())
-		hdr.Set("RateLimit", rateLimitHeader(d))
-	}
-}
-
 func rateLimitHeader(d decision) string {
 	buf := make([]byte, 0, 40)
 	buf = append(buf, rateLimitPolicyName...)
@@ -368,33 +390,25 @@ func rateLimitHeader(d decision) string {
 	return string(buf)
 }
 
-// spendBudget takes one session from the site-wide budget, answering 503
-// when it is exhausted.
-func (h *Handler) spendBudget(x *exchange) bool {
-	r := h.limiter
+// spendBudget takes one model run from the site-wide budget.
+func (r *rateLimiter) spendBudget(ctx context.Context, now time.Time) limitVerdict {
 	if r.budget == nil {
-		return true
+		return limitVerdict{}
 	}
-	t := h.now()
-	now := t.UnixNano()
-	d, ok := r.decideShared(x, r.redisKeyPrefix()+"budget", r.zone.budget, bucketKey{}, *r.budget, t)
+	d, ok := r.decideShared(ctx, r.redisKeyPrefix()+"budget", r.zone.budget, bucketKey{}, *r.budget, now)
 	if !ok {
-		return false
+		return limitVerdict{result: limitUnavailable, retryAfter: redisRetryBackoff}
 	}
 	if d.allowed {
-		return true
+		return limitVerdict{}
 	}
-	wait := d.retryAfter
 	// One warning per exhausted window, not one per refused request.
 	warned := &r.zone.budgetWarnTill
-	if till := warned.Load(); now >= till &&
-		warned.CompareAndSwap(till, now+int64(r.budget.interval)*int64(r.budget.burst)) {
-		h.logger.Warn("site-wide session budget exhausted: refusing new ChatKit sessions until it refills",
-			zap.Int("budget_sessions", r.budget.burst), zap.Duration("retry_after", wait))
+	if till, ns := warned.Load(), now.UnixNano(); ns >= till &&
+		warned.CompareAndSwap(till, ns+int64(r.budget.interval)*int64(r.budget.burst)) {
+		r.logger.Warn("site-wide budget exhausted: refusing new ChatKit sessions and model runs until it refills",
+			zap.Int("budget", r.budget.burst), zap.Duration("retry_after", d.retryAfter))
 	}
 	budgetExhausted.WithLabelValues(r.zoneKey).Inc()
-	secs := retryAfterSeconds(wait)
-	x.w.Header().Set("Retry-After", secs)
-	x.fail(http.StatusServiceUnavailable, "budget_exhausted", "the site's chat budget is used up, retry in "+secs+"s", outcomeBudgetExhausted)
-	return false
+	return limitVerdict{result: limitBudgetExhausted, retryAfter: d.retryAfter}
 }

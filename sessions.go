@@ -108,6 +108,7 @@ func (h *Handler) revokeInBackground(sess issuedSession, requestID string) {
 	h.background.Add(1)
 	go func() {
 		defer h.background.Done()
+		defer recoverInto(h.logger, "cancel replaced session")
 		ctx, cancel := context.WithTimeout(h.backgroundCtx, h.timeout)
 		defer cancel()
 		call, uerr := h.upstream.cancelSession(ctx, sess.sessionID)

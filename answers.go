@@ -1,0 +1,125 @@
+package chatkit
+
+import (
+	"net/http"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+)
+
+// answer is one of the module's own error answers: the HTTP status, the
+// stable `error` code clients and the README rely on, a message for
+// people, and the outcome logged and exposed in `{http.chatkit.outcome}`.
+// Every error the module sends is one of the values below (the README's
+// error table is checked against them).
+type answer struct {
+	status  int
+	code    string
+	message string
+	outcome string
+}
+
+// The module's error answers.
+var (
+	answerMethodNotAllowed = answer{http.StatusMethodNotAllowed, "method_not_allowed", "use POST", outcomeMethodNotAllowed}
+	answerHealthMethod     = answer{http.StatusMethodNotAllowed, "method_not_allowed", "use GET", outcomeMethodNotAllowed}
+	answerOriginDenied     = answer{http.StatusForbidden, "origin_not_allowed", "this origin may not use this chat", outcomeOriginDenied}
+	answerTooLarge         = answer{http.StatusRequestEntityTooLarge, "payload_too_large", "the request body is too large", outcomeTooLarge}
+	answerUnreadableBody   = answer{http.StatusBadRequest, "bad_request", "could not read the request body", outcomeBadRequest}
+	answerBadRequest       = answer{http.StatusBadRequest, "bad_request", "the request is malformed", outcomeBadRequest}
+	answerUnauthorized     = answer{http.StatusUnauthorized, "unauthorized", "sign in to chat", outcomeUnauthorized}
+	answerNoIdentity       = answer{http.StatusInternalServerError, "internal_error", "the server could not identify this visitor", outcomeInternalError}
+	answerInternal         = answer{http.StatusInternalServerError, "internal_error", "the server could not build the session request", outcomeInternalError}
+	answerRateLimited      = answer{http.StatusTooManyRequests, "rate_limit_exceeded", "too many requests", outcomeRateLimited}
+	answerBudgetExhausted  = answer{http.StatusServiceUnavailable, "budget_exhausted", "the site's chat budget is used up", outcomeBudgetExhausted}
+	answerLimiterDown      = answer{http.StatusServiceUnavailable, "rate_limit_unavailable", "the rate limiter is unavailable", outcomeRateLimitUnavailable}
+	answerCircuitOpen      = answer{http.StatusServiceUnavailable, "circuit_open", "the chat service is failing", outcomeCircuitOpen}
+)
+
+// withMessage is the same answer with a message that says more.
+func (a answer) withMessage(message string) answer {
+	a.message = message
+	return a
+}
+
+// upstreamFailure classifies why an OpenAI call failed.
+type upstreamFailure int
+
+const (
+	failNetwork         upstreamFailure = iota + 1 // connection refused, reset, DNS
+	failTimeout                                    // the deadline passed
+	failCanceled                                   // the browser went away
+	failAuth                                       // 401/403: the key is wrong or lacks access
+	failNotFound                                   // 404: the workflow is unknown to the key's project
+	failRateLimited                                // 429
+	failServer                                     // 5xx
+	failRejected                                   // other 4xx: OpenAI refused what we sent
+	failInvalidResponse                            // a 200 we cannot use
+	failureCount
+)
+
+// failureRule is everything one kind of upstream failure means, in one
+// place: the answer the browser gets, how it is logged, whether it counts
+// against the circuit breaker, and whether it is a configuration error
+// (cached for error_cache, health "degraded").
+type failureRule struct {
+	answer        answer
+	level         zapcore.Level
+	log           string
+	tripsBreaker  bool
+	configError   bool
+	metricClass   string // status class when there was no HTTP status
+	waitByDefault time.Duration
+}
+
+// failureRules is indexed by upstreamFailure; failNetwork's rule is also
+// the answer for anything unclassified.
+var failureRules = [failureCount]failureRule{
+	failNetwork: {
+		answer: answer{http.StatusBadGateway, "upstream_unreachable", "the chat service could not be reached", outcomeUpstreamError},
+		level:  zapcore.WarnLevel, log: "could not reach OpenAI", tripsBreaker: true, metricClass: "error",
+	},
+	failTimeout: {
+		answer: answer{http.StatusGatewayTimeout, "upstream_timeout", "OpenAI did not answer in time", outcomeUpstreamTimeout},
+		level:  zapcore.WarnLevel, log: "OpenAI did not answer before the timeout", tripsBreaker: true, metricClass: "timeout",
+	},
+	failCanceled: {
+		// The browser is gone; nobody reads this, but the log says so.
+		answer: answer{499, "client_closed_request", "the client went away", outcomeClientClosed},
+		level:  zapcore.InfoLevel, log: "client went away during the upstream call", metricClass: "canceled",
+	},
+	failAuth: {
+		answer: answer{http.StatusBadGateway, "upstream_auth_failed", "the chat service is misconfigured", outcomeUpstreamError},
+		level:  zapcore.ErrorLevel, log: "OpenAI rejected the API key: check api_key (OPENAI_API_KEY) and that its project may use ChatKit",
+		configError: true,
+	},
+	failNotFound: {
+		answer: answer{http.StatusBadGateway, "workflow_not_found", "the chat service is misconfigured", outcomeUpstreamError},
+		level:  zapcore.ErrorLevel, log: "OpenAI does not know the workflow: the key and the workflow belong to different projects, the workflow id is wrong, or Agent Builder has been retired",
+		configError: true,
+	},
+	failRateLimited: {
+		answer: answer{http.StatusServiceUnavailable, "upstream_rate_limited", "the chat service is busy", outcomeUpstreamError},
+		level:  zapcore.WarnLevel, log: "OpenAI is rate limiting this key", waitByDefault: 5 * time.Second,
+	},
+	failServer: {
+		answer: answer{http.StatusBadGateway, "upstream_error", "the chat service failed, try again shortly", outcomeUpstreamError},
+		level:  zapcore.WarnLevel, log: "OpenAI failed to create the session", tripsBreaker: true,
+	},
+	failRejected: {
+		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError},
+		level:  zapcore.ErrorLevel, log: "OpenAI refused the session request: check the chatkit options (see openai_error_param)",
+	},
+	failInvalidResponse: {
+		answer: answer{http.StatusBadGateway, "upstream_invalid_response", "the chat service answered unexpectedly", outcomeUpstreamError},
+		level:  zapcore.WarnLevel, log: "OpenAI answered with an unusable response", tripsBreaker: true,
+	},
+}
+
+// rule returns what f means; an unknown value is treated as a network fault.
+func (f upstreamFailure) rule() *failureRule {
+	if f <= 0 || f >= failureCount {
+		return &failureRules[failNetwork]
+	}
+	return &failureRules[f]
+}
