@@ -1,6 +1,7 @@
 // Package fakeopenai is an in-process fake of OpenAI's ChatKit sessions API
-// (create and cancel), strict in the same places the real endpoint is strict,
-// with injectable faults for exercising client error handling.
+// (create and cancel) and of the Responses API (POST /v1/responses, streaming
+// or not), strict in the same places the real endpoints are strict, with
+// injectable faults for exercising client error handling.
 package fakeopenai
 
 import (
@@ -28,10 +29,11 @@ const DefaultAPIKey = "sk-test-fake"
 const MaxBodyBytes = 1 << 20
 
 const (
-	createPath   = "/v1/chatkit/sessions"
-	sessionsPref = createPath + "/"
-	cancelSuffix = "/cancel"
-	betaValue    = "chatkit_beta=v1"
+	createPath    = "/v1/chatkit/sessions"
+	responsesPath = "/v1/responses"
+	sessionsPref  = createPath + "/"
+	cancelSuffix  = "/cancel"
+	betaValue     = "chatkit_beta=v1"
 )
 
 // Options configure a Server. Zero values get sensible defaults.
@@ -41,8 +43,15 @@ type Options struct {
 	// Workflows lists the known workflow ids. When empty, any id starting
 	// with "wf_" is known. Unknown ids get a 404 like the real API's.
 	Workflows []string
-	// Now is the clock used for expires_at; default time.Now.
+	// Now is the clock used for expires_at and the Responses timestamps;
+	// default time.Now.
 	Now func() time.Time
+	// ResponseText is the answer of /v1/responses when no script gives one.
+	// Empty means "You said: " followed by the last user message's text.
+	ResponseText string
+	// EventInterval is waited before every streamed Responses event but the
+	// first (0 = none); SetEventInterval changes it later.
+	EventInterval time.Duration
 }
 
 // Request is a copy of one request the fake received.
@@ -61,6 +70,16 @@ type Request struct {
 	// beta header, unknown workflow, injected fault), so tests can see what
 	// was sent.
 	Create *CreateRequest
+	// Responses is, likewise, the parsed body of a POST /v1/responses whose
+	// body was valid, else nil.
+	Responses *ResponsesRequest
+	// Events lists the types of the SSE events a Responses stream sent, in
+	// order. A stream's Status is 200 once its headers went out, whether or
+	// not it then ended normally.
+	Events []string
+	// ClientGone reports that the client went away before the fake finished
+	// a Responses answer (it is false for a stream the fake itself cut).
+	ClientGone bool
 }
 
 // Session is a session the fake created successfully.
@@ -137,6 +156,14 @@ type Server struct {
 	byID        map[string]*sessionObject
 	faults      []*queuedFault
 	delay       time.Duration
+
+	responseText    string
+	eventInterval   time.Duration
+	responsesCount  int
+	scripts         []*queuedScript
+	storedResponses map[string]bool // ids a previous_response_id may name
+	clientsGone     int
+	goneChanged     chan struct{} // closed and replaced whenever clientsGone grows
 }
 
 // New starts a fake listening on a random port of 127.0.0.1. It panics if it
@@ -148,6 +175,11 @@ func New(opts Options) *Server {
 		closing:   make(chan struct{}),
 		serveDone: make(chan struct{}),
 		byID:      map[string]*sessionObject{},
+
+		responseText:    opts.ResponseText,
+		eventInterval:   opts.EventInterval,
+		storedResponses: map[string]bool{},
+		goneChanged:     make(chan struct{}),
 	}
 	if s.apiKey == "" {
 		s.apiKey = DefaultAPIKey
@@ -185,11 +217,12 @@ func New(opts Options) *Server {
 func (s *Server) URL() string { return s.url }
 
 // Handler returns the fake's handler, for mounting elsewhere. It expects full
-// paths such as /v1/chatkit/sessions.
+// paths such as /v1/chatkit/sessions or /v1/responses.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close stops the server, releases hanging or delayed handlers, and waits
-// for every handler and the serving goroutine to return. It is idempotent.
+// Close stops the server, releases hanging or delayed handlers (a Responses
+// stream still open breaks off), and waits for every handler and the
+// serving goroutine to return. It is idempotent.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -209,12 +242,15 @@ func (s *Server) Requests() []Request {
 	out := make([]Request, len(s.requests))
 	for i, r := range s.requests {
 		out[i] = Request{
-			Method: r.Method,
-			Path:   r.Path,
-			Header: r.Header.Clone(),
-			Body:   slices.Clone(r.Body),
-			Status: r.Status,
-			Create: r.Create.clone(),
+			Method:     r.Method,
+			Path:       r.Path,
+			Header:     r.Header.Clone(),
+			Body:       slices.Clone(r.Body),
+			Status:     r.Status,
+			Create:     r.Create.clone(),
+			Responses:  r.Responses.clone(),
+			Events:     slices.Clone(r.Events),
+			ClientGone: r.ClientGone,
 		}
 	}
 	return out
@@ -260,8 +296,9 @@ func (s *Server) Sessions() []Session {
 	return out
 }
 
-// Reset forgets recorded requests, sessions and queued faults. The delay set
-// by SetDelay is configuration and is kept.
+// Reset forgets recorded requests, sessions, queued faults and response
+// scripts, stored response ids and the client-gone count. The delay and the
+// event interval are configuration and are kept.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -270,6 +307,10 @@ func (s *Server) Reset() {
 	s.sessions = nil
 	s.byID = map[string]*sessionObject{}
 	s.faults = nil
+	s.responsesCount = 0
+	s.scripts = nil
+	s.storedResponses = map[string]bool{}
+	s.clientsGone = 0
 }
 
 // Inject queues a fault. Queued faults apply to the following create
@@ -422,11 +463,15 @@ const (
 	routeNone route = iota
 	routeCreate
 	routeCancel
+	routeResponses
 )
 
 func classify(path string) (route, string) {
-	if path == createPath {
+	switch path {
+	case createPath:
 		return routeCreate, ""
+	case responsesPath:
+		return routeResponses, ""
 	}
 	if rest, ok := strings.CutPrefix(path, sessionsPref); ok {
 		if id, ok := strings.CutSuffix(rest, cancelSuffix); ok && id != "" && !strings.Contains(id, "/") {
@@ -452,6 +497,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 	body, readErr := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
 	rt, sessionID := classify(r.URL.Path)
+	if rt == routeResponses {
+		s.serveResponses(w, r, body, readErr)
+		return
+	}
 	isCreate := rt == routeCreate && r.Method == http.MethodPost
 
 	var cr *CreateRequest
@@ -512,13 +561,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		resp.error(&apiError{
-			status:  405,
-			message: fmt.Sprintf("Method not allowed: %s %s only accepts POST.", r.Method, r.URL.Path),
-			typ:     "invalid_request_error",
-			code:    "method_not_allowed",
-		})
+		resp.error(methodNotAllowed(w, r))
 		return
 	}
 	if err := s.checkHeaders(r); err != nil {
@@ -571,26 +614,46 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // checkCreateBody runs the content checks that belong to the body itself,
 // so the record can hold the parsed request before any other decision.
 func checkCreateBody(r *http.Request, body []byte) (*CreateRequest, *apiError) {
+	if err := checkJSONBody(r, body); err != nil {
+		return nil, err
+	}
+	return parseCreate(body)
+}
+
+// checkJSONBody enforces the JSON content type and the size limit.
+func checkJSONBody(r *http.Request, body []byte) *apiError {
 	ct := r.Header.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil || mt != "application/json" {
-		return nil, invalidRequest("", "",
+		return invalidRequest("", "",
 			"Invalid Content-Type header (%s), expected application/json.", ct)
 	}
 	if len(body) > MaxBodyBytes {
-		return nil, &apiError{
+		return &apiError{
 			status:  413,
 			message: fmt.Sprintf("Request body too large: the maximum is %d bytes.", MaxBodyBytes),
 			typ:     "invalid_request_error",
 			code:    "request_too_large",
 		}
 	}
-	return parseCreate(body)
+	return nil
 }
 
-// checkHeaders enforces the key and the beta header on every route. The
-// key is never echoed: error bodies end up in logs.
-func (s *Server) checkHeaders(r *http.Request) *apiError {
+// methodNotAllowed sets Allow and returns the answer for a method other
+// than POST; every route of the fake accepts POST only.
+func methodNotAllowed(w http.ResponseWriter, r *http.Request) *apiError {
+	w.Header().Set("Allow", http.MethodPost)
+	return &apiError{
+		status:  405,
+		message: fmt.Sprintf("Method not allowed: %s %s only accepts POST.", r.Method, r.URL.Path),
+		typ:     "invalid_request_error",
+		code:    "method_not_allowed",
+	}
+}
+
+// checkKey enforces the bearer key. The key is never echoed: error bodies
+// end up in logs.
+func (s *Server) checkKey(r *http.Request) *apiError {
 	if r.Header.Get("Authorization") != "Bearer "+s.apiKey {
 		return &apiError{
 			status:  401,
@@ -598,6 +661,14 @@ func (s *Server) checkHeaders(r *http.Request) *apiError {
 			typ:     "invalid_request_error",
 			code:    "invalid_api_key",
 		}
+	}
+	return nil
+}
+
+// checkHeaders enforces the key and the beta header on the ChatKit routes.
+func (s *Server) checkHeaders(r *http.Request) *apiError {
+	if err := s.checkKey(r); err != nil {
+		return err
 	}
 	for _, v := range r.Header.Values("OpenAI-Beta") {
 		for part := range strings.SplitSeq(v, ",") {
@@ -692,14 +763,7 @@ func (s *Server) applyFault(resp *responder, r *http.Request, f Fault, cr *Creat
 		// connection instead of reusing it.
 		return true
 	case FaultReset:
-		conn, _, err := http.NewResponseController(resp.w).Hijack()
-		if err != nil {
-			panic(http.ErrAbortHandler) // e.g. HTTP/2: abort the stream instead
-		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0) // a real RST rather than a polite FIN
-		}
-		_ = conn.Close()
+		resetConnection(resp.w)
 		return true
 	}
 	if f.Status == 0 {
@@ -707,6 +771,19 @@ func (s *Server) applyFault(resp *responder, r *http.Request, f Fault, cr *Creat
 	}
 	resp.error(faultError(f.Status, cr))
 	return true
+}
+
+// resetConnection hijacks the connection and resets it, also after part of
+// an answer went out.
+func resetConnection(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler) // e.g. HTTP/2: abort the stream instead
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // a real RST rather than a polite FIN
+	}
+	_ = conn.Close()
 }
 
 // faultError is the body OpenAI would plausibly send with status.

@@ -287,23 +287,9 @@ func reqInt(m map[string]any, key, path string, lo, hi int) (int, *apiError) {
 }
 
 func intValue(v any, p string, lo, hi int) (int, *apiError) {
-	n, ok := v.(json.Number)
-	if !ok {
-		return 0, wrongType(p, "an integer", v)
-	}
-	var i int64
-	if parsed, err := strconv.ParseInt(n.String(), 10, 64); err == nil {
-		i = parsed
-	} else {
-		// Accept integral spellings such as 1e2; reject real fractions.
-		f, ferr := strconv.ParseFloat(n.String(), 64)
-		switch {
-		case ferr == nil && f != math.Trunc(f):
-			return 0, wrongType(p, "an integer", v)
-		case ferr != nil || f >= math.MaxInt64 || f <= math.MinInt64:
-			return 0, invalidRequest(p, "invalid_value", "Invalid '%s': integer out of range.", p)
-		}
-		i = int64(f)
+	i, err := integerValue(v, p)
+	if err != nil {
+		return 0, err
 	}
 	if i < int64(lo) {
 		return 0, invalidRequest(p, "invalid_value",
@@ -316,15 +302,31 @@ func intValue(v any, p string, lo, hi int) (int, *apiError) {
 	return int(i), nil
 }
 
-// maxStateKeyLen is the documented limit on workflow.state_variables keys.
-const maxStateKeyLen = 64
+// integerValue decodes a JSON integer without a range check.
+func integerValue(v any, p string) (int64, *apiError) {
+	n, ok := v.(json.Number)
+	if !ok {
+		return 0, wrongType(p, "an integer", v)
+	}
+	if i, err := strconv.ParseInt(n.String(), 10, 64); err == nil {
+		return i, nil
+	}
+	// Accept integral spellings such as 1e2; reject real fractions.
+	f, err := strconv.ParseFloat(n.String(), 64)
+	switch {
+	case err == nil && f != math.Trunc(f):
+		return 0, wrongType(p, "an integer", v)
+	case err != nil || f >= math.MaxInt64 || f <= math.MinInt64:
+		return 0, invalidRequest(p, "invalid_value", "Invalid '%s': integer out of range.", p)
+	}
+	return int64(f), nil
+}
 
-// parseCreate decodes and validates a create body strictly, the way the real
-// endpoint does: unknown fields anywhere, wrong types and out-of-range
-// values are all 400s naming the offending parameter.
-func parseCreate(body []byte) (*CreateRequest, *apiError) {
+// decodeObject decodes a request body that must be exactly one JSON object.
+// Numbers stay json.Number: integers exact, and 1.5 told apart from 1.
+func decodeObject(body []byte) (map[string]any, *apiError) {
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber() // keeps integers exact and lets 1.5 be told apart from 1
+	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
 		return nil, errInvalidJSON()
@@ -336,6 +338,20 @@ func parseCreate(body []byte) (*CreateRequest, *apiError) {
 	if !ok {
 		return nil, invalidRequest("", "invalid_type",
 			"Invalid type for request body: expected an object, but got %s instead.", describe(v))
+	}
+	return root, nil
+}
+
+// maxStateKeyLen is the documented limit on workflow.state_variables keys.
+const maxStateKeyLen = 64
+
+// parseCreate decodes and validates a create body strictly, the way the real
+// endpoint does: unknown fields anywhere, wrong types and out-of-range
+// values are all 400s naming the offending parameter.
+func parseCreate(body []byte) (*CreateRequest, *apiError) {
+	root, err := decodeObject(body)
+	if err != nil {
+		return nil, err
 	}
 	if err := checkKeys(root, "", "user", "workflow", "expires_after", "rate_limits", "chatkit_configuration"); err != nil {
 		return nil, err
