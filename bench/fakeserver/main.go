@@ -1,12 +1,13 @@
-// Command fakeserver runs the fake OpenAI ChatKit API (internal/fakeopenai)
+// Command fakeserver runs the fake OpenAI API (internal/fakeopenai)
 // as its own process for the load harness (bench/loadtest), so its CPU is
 // neither the load generator's nor Caddy's and it can be pinned to a core.
 //
-//	fakeserver -listen 127.0.0.1:0
+//	fakeserver -listen 127.0.0.1:0 -event-interval 20ms
 //
 // It prints "listening http://127.0.0.1:PORT" once it serves. Paths:
 //
-//	/v1/...         the fake API (create and cancel sessions), answering at once
+//	/v1/...         the fake API: create and cancel sessions, answering at once;
+//	                POST /v1/responses, streaming an event every -event-interval
 //	/bench/arm      capture the next create request (POST)
 //	/bench/last     the captured create request as JSON (method, path, status,
 //	                header, body), to check two targets make the same call
@@ -68,6 +69,7 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "loopback host:port to serve on")
 	reset := flag.Duration("reset", 250*time.Millisecond, "how often the fake's request and session records are dropped")
+	eventInterval := flag.Duration("event-interval", 0, "wait between the events of a /v1/responses stream")
 	flag.Parse()
 
 	host, _, err := net.SplitHostPort(*listen)
@@ -75,7 +77,7 @@ func main() {
 		log.Fatalf("fakeserver: -listen must be a loopback ip:port, got %q", *listen)
 	}
 
-	fake := fakeopenai.New(fakeopenai.Options{})
+	fake := fakeopenai.New(fakeopenai.Options{EventInterval: *eventInterval})
 	defer fake.Close()
 	api := fake.Handler()
 
