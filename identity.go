@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
@@ -31,12 +33,21 @@ const (
 	cookieKeyStorageKey = "chatkit/cookie_signing_key"
 
 	// Upstream user ids carry their source, so an anonymous id can never
-	// equal an id taken from the user placeholder.
+	// equal an id taken from the user placeholder. Each prefix is its own
+	// namespace: none is a prefix of another's possible ids.
 	anonymousUserPrefix   = "anon:"
 	placeholderUserPrefix = "user:"
-	// maxPlaceholderUser bounds the user id sent upstream; longer values
-	// are replaced by their hash.
+	// hashedUserPrefix holds placeholder values that cannot travel as they
+	// are (see userID); no literal id can start with it.
+	hashedUserPrefix = "user-sha256:"
+	// maxPlaceholderUser bounds a literal user id in bytes.
 	maxPlaceholderUser = 256
+
+	// keyLoadTimeout bounds one load of the cookie key from storage, and
+	// keyRetryAfter how long a failed load is answered from memory before
+	// storage is tried again.
+	keyLoadTimeout = 10 * time.Second
+	keyRetryAfter  = 5 * time.Second
 )
 
 // Cookie layout, before base64url: version, 128 random id bits, expiry in
@@ -62,8 +73,22 @@ type identitySource struct {
 	now          func() time.Time
 
 	key     atomic.Pointer[[]byte]
-	keyMu   sync.Mutex
 	macPool sync.Pool
+
+	// keyMu guards the loading state below (never held through I/O); the
+	// key itself, once set, is read without it.
+	keyMu      sync.Mutex
+	keyLoading *keyLoad // the load from storage in flight, nil when none
+	keyErr     error    // the last load's failure, answered until keyRetryAt
+	keyRetryAt time.Time
+}
+
+// keyLoad is one load of the cookie key from storage, shared by every
+// request that needs the key while it runs.
+type keyLoad struct {
+	done chan struct{} // closed once key and err are set
+	key  []byte
+	err  error
 }
 
 func newIdentitySource(userTemplate string, cfg *CookieConfig, secret string, storage certmagic.Storage) *identitySource {
@@ -112,15 +137,11 @@ type visitor struct {
 // expired or forged cookie yields a fresh id rather than an error.
 func (s *identitySource) identify(ctx context.Context, r *http.Request, repl *caddy.Replacer, secure bool) (visitor, error) {
 	if !s.anonymous() {
-		id := strings.TrimSpace(repl.ReplaceAll(s.userTemplate, ""))
-		if id == "" {
+		user, ok := userID(repl.ReplaceAll(s.userTemplate, ""))
+		if !ok {
 			return visitor{}, errNoUser
 		}
-		if len(id) > maxPlaceholderUser {
-			sum := sha256.Sum256([]byte(id))
-			id = "sha256:" + hex.EncodeToString(sum[:])
-		}
-		return visitor{user: placeholderUserPrefix + id}, nil
+		return visitor{user: user}, nil
 	}
 
 	if _, err := s.signingKey(ctx); err != nil {
@@ -154,6 +175,40 @@ func (s *identitySource) identify(ctx context.Context, r *http.Request, repl *ca
 		}
 	}
 	return v, nil
+}
+
+// userID maps a placeholder value to the id sent upstream, one to one:
+// distinct values never share an id. A value that is a plain string
+// (literalUser) is sent byte for byte as user:<value>; any other is sent as
+// user-sha256:<hex of its bytes>, because it would not survive the trip:
+// JSON turns invalid UTF-8 into U+FFFD, HTTP parsers drop control
+// characters and trim edge whitespace, and the session's user is bounded.
+// ok is false for an empty or all-whitespace value, which is a missing
+// header rather than somebody's name.
+func userID(value string) (id string, ok bool) {
+	if strings.TrimSpace(value) == "" {
+		return "", false
+	}
+	if literalUser(value) {
+		return placeholderUserPrefix + value, true
+	}
+	sum := sha256.Sum256([]byte(value))
+	return hashedUserPrefix + hex.EncodeToString(sum[:]), true
+}
+
+// literalUser reports whether value can be sent upstream and to the
+// backend exactly as it is: at most maxPlaceholderUser bytes of valid
+// UTF-8, with no control character and no whitespace at either end.
+func literalUser(value string) bool {
+	if len(value) > maxPlaceholderUser || !utf8.ValidString(value) {
+		return false
+	}
+	first, _ := utf8.DecodeRuneInString(value)
+	last, _ := utf8.DecodeLastRuneInString(value)
+	if unicode.IsSpace(first) || unicode.IsSpace(last) {
+		return false
+	}
+	return strings.IndexFunc(value, unicode.IsControl) < 0
 }
 
 func (s *identitySource) sign(id [cookieIDLen]byte, expires time.Time) string {
@@ -204,26 +259,74 @@ func (s *identitySource) verify(value string, now time.Time) (id [cookieIDLen]by
 
 // signingKey returns the cookie key, loading or creating it in Caddy's
 // storage on first use (not in Provision, which must stay free of I/O).
+// Concurrent first requests share one load, each waiting only as long as
+// its own context lives; a failed load is answered from memory for
+// keyRetryAfter, so a broken storage is not hit by every request.
 func (s *identitySource) signingKey(ctx context.Context) ([]byte, error) {
 	if k := s.key.Load(); k != nil {
 		return *k, nil
 	}
 	s.keyMu.Lock()
-	defer s.keyMu.Unlock()
 	if k := s.key.Load(); k != nil {
+		s.keyMu.Unlock()
 		return *k, nil
 	}
 	if s.storage == nil {
+		s.keyMu.Unlock()
 		return nil, errors.New("no cookie key and no storage to keep one")
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	key, err := loadOrCreateKey(ctx, s.storage)
-	if err != nil {
+	if s.keyErr != nil && s.now().Before(s.keyRetryAt) {
+		err := s.keyErr
+		s.keyMu.Unlock()
 		return nil, err
 	}
-	s.setKey(key)
-	return key, nil
+	load := s.keyLoading
+	if load == nil {
+		load = &keyLoad{done: make(chan struct{})}
+		s.keyLoading = load
+		// Detached from this request: if it goes away, the load still
+		// serves the requests waiting for it and the ones after.
+		go s.runKeyLoad(context.WithoutCancel(ctx), load)
+	}
+	s.keyMu.Unlock()
+
+	select {
+	case <-load.done:
+		return load.key, load.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("gave up waiting for the cookie key: %w", context.Cause(ctx))
+	}
+}
+
+func (s *identitySource) runKeyLoad(ctx context.Context, load *keyLoad) {
+	ctx, cancel := context.WithTimeout(ctx, keyLoadTimeout)
+	defer cancel()
+	key, err := loadOrCreateKeyRecovered(ctx, s.storage)
+
+	s.keyMu.Lock()
+	if err == nil {
+		s.setKey(key)
+		s.keyErr = nil
+	} else {
+		s.keyErr = err
+		s.keyRetryAt = s.now().Add(keyRetryAfter)
+	}
+	s.keyLoading = nil
+	s.keyMu.Unlock()
+
+	load.key, load.err = key, err
+	close(load.done)
+}
+
+// loadOrCreateKeyRecovered turns a panicking storage module into an error:
+// it runs on its own goroutine, where a panic would stop Caddy.
+func loadOrCreateKeyRecovered(ctx context.Context, storage certmagic.Storage) (key []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			key, err = nil, fmt.Errorf("the storage module panicked loading the cookie key: %v", p)
+		}
+	}()
+	return loadOrCreateKey(ctx, storage)
 }
 
 func loadOrCreateKey(ctx context.Context, storage certmagic.Storage) ([]byte, error) {
