@@ -5,9 +5,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"golang.org/x/net/publicsuffix"
 )
 
 // CORS answers for the minting endpoints. Credentials are allowed because
@@ -39,11 +41,19 @@ func newOriginPolicy(origins []string) (originPolicy, error) {
 	p := originPolicy{exact: make(map[string]struct{})}
 	for _, o := range origins {
 		if rest, ok := strings.CutPrefix(o, "https://*."); ok {
-			p.wildcards = append(p.wildcards, wildcardFor("https", rest))
+			w, err := wildcardFor("https", rest)
+			if err != nil {
+				return p, err
+			}
+			p.wildcards = append(p.wildcards, w)
 			continue
 		}
 		if rest, ok := strings.CutPrefix(o, "http://*."); ok {
-			p.wildcards = append(p.wildcards, wildcardFor("http", rest))
+			w, err := wildcardFor("http", rest)
+			if err != nil {
+				return p, err
+			}
+			p.wildcards = append(p.wildcards, w)
 			continue
 		}
 		norm, ok := normalizeOrigin(o)
@@ -52,22 +62,32 @@ func newOriginPolicy(origins []string) (originPolicy, error) {
 		}
 		p.exact[norm] = struct{}{}
 	}
-	for _, w := range p.wildcards {
-		// At least two labels after "*.": `https://*.com` would allow a
-		// whole top-level domain, with credentials.
-		if !strings.Contains(strings.Trim(w.suffix, "."), ".") || strings.ContainsAny(w.suffix, "*/@ ") {
-			return p, fmt.Errorf("chatkit: allow_origins wildcard %q must look like https://*.example.com", w.scheme+"://*"+w.suffix)
-		}
-	}
 	return p, nil
 }
 
-func wildcardFor(scheme, hostport string) wildcardOrigin {
+// wildcardFor parses the part of `scheme://*.domain[:port]` after "*.".
+// Credentials are allowed cross-origin, so the wildcard must stay inside
+// one owner's sites: the domain must be registrable or below, never a
+// public suffix (`com`, `co.uk`, `github.io`, `vercel.app`, and by the
+// list's default rule any single label, such as `localhost`).
+func wildcardFor(scheme, hostport string) (wildcardOrigin, error) {
+	pattern := scheme + "://*." + hostport
 	host, port := splitHostPort(strings.ToLower(hostport))
 	if port == "" {
 		port = defaultPort(scheme)
 	}
-	return wildcardOrigin{scheme: scheme, suffix: "." + host, port: port}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 ||
+		host == "" || strings.ContainsAny(host, "*/@ ") || net.ParseIP(host) != nil {
+		return wildcardOrigin{}, fmt.Errorf("chatkit: allow_origins wildcard %q must look like https://*.example.com", pattern)
+	}
+	if _, err := publicsuffix.EffectiveTLDPlusOne(host); err != nil {
+		if suffix, _ := publicsuffix.PublicSuffix(host); suffix == host {
+			return wildcardOrigin{}, fmt.Errorf("chatkit: allow_origins wildcard %q is a public suffix (%s): every site under it "+
+				"is someone else's; name a domain you own below it, such as %s://*.yours.%s", pattern, host, scheme, host)
+		}
+		return wildcardOrigin{}, fmt.Errorf("chatkit: allow_origins wildcard %q must look like https://*.example.com", pattern)
+	}
+	return wildcardOrigin{scheme: scheme, suffix: "." + host, port: port}, nil
 }
 
 // allows reports whether origin (already normalized) may call.

@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -42,9 +43,72 @@ func TestOriginPolicyMatrix(t *testing.T) {
 			t.Errorf("origin %q: allowed = %v, want %v", tc.origin, got, tc.want)
 		}
 	}
-	for _, bad := range []string{"example.com", "https://*.", "https://*.com", "http://*.org:8080", "https://*.*.com", "ftp://x.com", "https://a.com/path"} {
+	for _, bad := range []string{"example.com", "https://*.", "https://*.com", "http://*.org:8080", "https://*.*.com", "ftp://x.com", "https://a.com/path",
+		"https://*.example.com:0", "https://*.example.com:x", "https://*.10.0.0.1", "https://*.[::1]", "https://*.example..com", "https://*.example.com.", "https://*.kawasaki.jp."} {
 		if _, err := newOriginPolicy([]string{bad}); err == nil {
 			t.Errorf("allow_origins %q accepted", bad)
+		}
+	}
+}
+
+// TestOriginWildcardsBelowPublicSuffix: a wildcard must stay inside one
+// owner's sites. The public suffix list, private entries included, decides;
+// its default rule keeps single labels such as "com" or "localhost" out.
+func TestOriginWildcardsBelowPublicSuffix(t *testing.T) {
+	for _, bad := range []struct{ pattern, suffix string }{
+		{"https://*.com", "com"},
+		{"https://*.localhost", "localhost"},
+		{"https://*.co.uk", "co.uk"},
+		{"http://*.co.uk", "co.uk"},
+		{"https://*.github.io", "github.io"},
+		{"https://*.GitHub.IO:8443", "github.io"},
+		{"https://*.vercel.app", "vercel.app"},
+		{"https://*.pages.dev", "pages.dev"},
+		{"https://*.anything.kawasaki.jp", "anything.kawasaki.jp"}, // under the list's rule *.kawasaki.jp
+	} {
+		_, err := newOriginPolicy([]string{"https://app.example.com", bad.pattern})
+		if err == nil {
+			t.Errorf("allow_origins %q accepted: it covers everybody's sites under %s", bad.pattern, bad.suffix)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, bad.pattern) || !strings.Contains(msg, "public suffix ("+bad.suffix+")") ||
+			!strings.Contains(msg, "someone else's") {
+			t.Errorf("allow_origins %q: error %q does not say it is the public suffix %s", bad.pattern, msg, bad.suffix)
+		}
+	}
+
+	// The module refuses it when its config loads.
+	t.Setenv("OPENAI_API_KEY", cfCanaryKey)
+	err := cfProvision(t, cfDecode(t, `{"workflow":{"id":"wf_1"},"user":"u","allow_origins":["https://*.example.com","https://*.github.io"]}`))
+	if err == nil || !strings.Contains(err.Error(), `"https://*.github.io" is a public suffix`) {
+		t.Errorf("provisioning with https://*.github.io: err = %v", err)
+	}
+	if err := cfProvision(t, cfDecode(t, `{"workflow":{"id":"wf_1"},"user":"u","allow_origins":["https://*.alice.github.io"]}`)); err != nil {
+		t.Errorf("provisioning with https://*.alice.github.io: %v", err)
+	}
+
+	p, err := newOriginPolicy([]string{"https://*.example.co.uk", "https://*.alice.github.io", "https://*.example.com",
+		"https://*.city.kawasaki.jp"}) // the list's exception to *.kawasaki.jp: registrable
+	if err != nil {
+		t.Fatal(err)
+	}
+	for origin, want := range map[string]bool{
+		"https://shop.example.co.uk":    true,
+		"https://a.b.example.co.uk":     true,
+		"https://other.co.uk":           false,
+		"https://example.co.uk":         false,
+		"https://docs.alice.github.io":  true,
+		"https://alice.github.io":       false,
+		"https://bob.github.io":         false,
+		"https://x.bob.github.io":       false,
+		"https://app.example.com":       true,
+		"https://example.com":           false,
+		"https://www.city.kawasaki.jp":  true,
+		"https://www.other.kawasaki.jp": false,
+	} {
+		norm, ok := normalizeOrigin(origin)
+		if got := ok && p.allows(norm); got != want {
+			t.Errorf("origin %q: allowed = %v, want %v", origin, got, want)
 		}
 	}
 }
