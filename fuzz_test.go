@@ -1,8 +1,8 @@
 package chatkit
 
 // Native Go fuzz targets for the module's parsers and encoders: the start
-// and refresh bodies, the anonymous-visitor cookie, what OpenAI answers, the
-// JSON string encoder and the Caddyfile.
+// and refresh bodies, the anonymous-visitor cookie, the user id mapping, what
+// OpenAI answers, the JSON string encoder and the Caddyfile.
 //
 // Every target checks properties, not only the absence of panics. The seeds
 // below are added with f.Add and are also committed under
@@ -23,6 +23,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -571,6 +572,80 @@ func fzCheckIdentify(t *testing.T, s *identitySource, r *http.Request, ok bool, 
 	}
 }
 
+// ------------------------------------------------------------------ user ids
+
+func fzUserIDSeeds() []fzSeed {
+	long := strings.Repeat("x", 300)
+	sum := sha256.Sum256([]byte(long))
+	pairs := []struct{ name, a, b string }{
+		{"same", "alice", "alice"},
+		{"case", "alice", "Alice"},
+		{"leading-space", " alice", "alice"},
+		{"trailing-space", "alice ", "alice"},
+		{"trailing-nbsp", "alice\u00a0", "alice"},
+		{"tab", "\talice", "alice"},
+		{"newline", "alice\n", "alice"},
+		{"nul", "ali\x00ce", "alice"},
+		{"crlf-header", "a\r\nX-Other: 1", "a"},
+		{"invalid-utf8", "\xff", "\xfe"},
+		{"invalid-vs-replacement", "\xff", "\ufffd"},
+		{"surrogate", "\xed\xa0\x80", "\ufffd\ufffd\ufffd"},
+		{"long-vs-its-old-hash", long, "sha256:" + hex.EncodeToString(sum[:])},
+		{"long-vs-new-prefix", long, "-sha256:" + hex.EncodeToString(sum[:])},
+		{"at-limit", strings.Repeat("é", 128), strings.Repeat("é", 128) + "x"},
+		{"nfc-nfd", "é", "e\u0301"},
+		{"prefixed", "user:alice", "alice"},
+		{"anon-lookalike", "anon:AAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAA"},
+		{"blank", "", " "},
+		{"blank-unicode", "\u3000", "\t\r\n"},
+	}
+	seeds := make([]fzSeed, len(pairs))
+	for i, p := range pairs {
+		seeds[i] = fzSeed{p.name, []any{p.a, p.b}}
+	}
+	return seeds
+}
+
+// FuzzUserID: two placeholder values get the same upstream user id iff they
+// are the same bytes; a blank value gets none; every id is user:<the value,
+// unchanged> or user-sha256:<64 hex digits>, and arrives intact in the
+// upstream JSON and the identity header; plain short ASCII stays readable.
+func FuzzUserID(f *testing.F) {
+	for _, s := range fzUserIDSeeds() {
+		f.Add(s.args[0].(string), s.args[1].(string))
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		idA, okA := userID(a)
+		idB, okB := userID(b)
+		for _, c := range []struct {
+			value, id string
+			ok        bool
+		}{{a, idA, okA}, {b, idB, okB}} {
+			if blank := strings.TrimSpace(c.value) == ""; c.ok == blank {
+				t.Fatalf("userID(%q) ok = %v for a value that is blank: %v", c.value, c.ok, blank)
+			}
+			if !c.ok {
+				continue
+			}
+			if literal, found := strings.CutPrefix(c.id, "user:"); found {
+				if literal != c.value {
+					t.Fatalf("userID(%q) = %q: a literal id that is not the value", c.value, c.id)
+				}
+			} else if digest, found := strings.CutPrefix(c.id, "user-sha256:"); !found || len(digest) != 64 || strings.Trim(digest, "0123456789abcdef") != "" {
+				t.Fatalf("userID(%q) = %q: neither user:<value> nor user-sha256:<hex>", c.value, c.id)
+			}
+			checkTransportableUser(t, c.id)
+			plain := len(c.value) <= maxPlaceholderUser && strings.IndexFunc(c.value, func(r rune) bool { return r <= ' ' || r >= 0x7f }) < 0
+			if plain && c.id != "user:"+c.value {
+				t.Fatalf("userID(%q) = %q: a short printable ASCII id was not kept as it is", c.value, c.id)
+			}
+		}
+		if okA && okB && (idA == idB) != (a == b) {
+			t.Fatalf("userID(%q) = %q and userID(%q) = %q", a, idA, b, idB)
+		}
+	})
+}
+
 // ---------------------------------------------------------- upstream answers
 
 func fzUpstreamSeeds() []fzSeed {
@@ -1002,6 +1077,7 @@ func TestFuzzSeedCorpusCommitted(t *testing.T) {
 		"FuzzStartBody":        fzStartBodySeeds(),
 		"FuzzRefreshBody":      fzRefreshBodySeeds(),
 		"FuzzAnonymousCookie":  fzCookieSeeds(),
+		"FuzzUserID":           fzUserIDSeeds(),
 		"FuzzUpstreamResponse": fzUpstreamSeeds(),
 		"FuzzJSONString":       fzJSONStringSeeds(),
 		"FuzzCaddyfile":        fzCaddyfileSeeds(),
