@@ -486,7 +486,7 @@ func TestConverterIgnoresAfterEnd(t *testing.T) {
 	}
 }
 
-func TestResponsesEventDecode(t *testing.T) {
+func TestConverterDecodesResponsesEvents(t *testing.T) {
 	var ev responsesEvent
 	// A delta after a done event: nothing of the earlier event remains.
 	if err := ev.decode([]byte(`{"type":"response.output_text.done","item_id":"m","text":"full"}`)); err != nil {
