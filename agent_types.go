@@ -21,6 +21,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
 )
 
 // The request types the agent answers. The first three stream.
@@ -37,10 +39,11 @@ const (
 )
 
 // Request bounds. Pages default to chatkit-python's DEFAULT_PAGE_SIZE and
-// are clamped (the web component asks threads.list for 9999).
+// are clamped to what the store returns at most (the web component asks
+// threads.list for 9999).
 const (
 	agentDefaultPageLimit = 20
-	agentMaxPageLimit     = 100
+	agentMaxPageLimit     = threadstore.MaxPageLimit
 	agentMaxIDLength      = 128 // bytes; our ids are far shorter, so a longer one names nothing
 	agentMaxTitleLength   = 256 // characters
 )
@@ -60,7 +63,8 @@ type agentRequest struct {
 	Limit int
 	// Order is "asc" or "desc" (threads.list, items.list).
 	Order string
-	// After is the page cursor, an id; "" starts at the beginning (threads.list, items.list).
+	// After is the page cursor, an id; "" (or null, or absent) starts at the
+	// beginning (threads.list, items.list).
 	After string
 	// Title is the new title; "" removes it (threads.update).
 	Title string
@@ -298,7 +302,7 @@ func (r *agentRequest) decodeParams(params []byte, keys, required uint16, lim ag
 		case agentKeyItemID:
 			r.ItemID, err = agentID(val, field)
 		case agentKeyAfter:
-			if !agentIsNull(val) {
+			if !agentIsNull(val) && string(val) != `""` {
 				r.After, err = agentID(val, field)
 			}
 		case agentKeyInput:
@@ -873,10 +877,15 @@ func agentString(v []byte, field string) (string, error) {
 	return agentUnquote(v), nil
 }
 
-// agentID reads an id: a string no longer than any id the agent makes.
+// agentID reads an id: a non-empty string no longer than any id the agent
+// makes.
 func agentID(v []byte, field string) (string, error) {
 	s, err := agentString(v, field)
-	if err == nil && len(s) > agentMaxIDLength {
+	switch {
+	case err != nil:
+	case s == "":
+		err = agentInvalid(field, "must not be empty")
+	case len(s) > agentMaxIDLength:
 		err = agentInvalid(field, "is longer than "+strconv.Itoa(agentMaxIDLength)+" bytes")
 	}
 	return s, err
