@@ -99,8 +99,10 @@ type exchange struct {
 
 // ServeHTTP answers the module's own paths and passes everything else on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	ep := h.route(r.URL.Path)
+	ep := h.route(arrivedPath(r))
 	if ep == endpointNone {
+		// Protected paths match the request as rewritten: it is what the
+		// backend will see.
 		if !h.protected.match(r) {
 			if h.identityHeader != "" {
 				// Only the module may speak for the user, on any path.
@@ -131,6 +133,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return err
 }
 
+// arrivedPath is the request's path as it reached Caddy. try_files,
+// rewrite and uri run before chatkit in the directive order (a WordPress
+// site's `try_files {path} {path}/ /index.php?{query}` sends every path
+// that is not a file to /index.php), so the module's own endpoints are
+// matched on the path the browser asked for.
+func arrivedPath(r *http.Request) string {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		return orig.URL.Path
+	}
+	return r.URL.Path
+}
+
+// route names the module endpoint at path (as the request arrived).
 func (h *Handler) route(path string) endpoint {
 	if !h.minting {
 		if path != "" && path == h.healthPath {
