@@ -1,27 +1,57 @@
 package chatkit
 
 import (
+	"cmp"
+	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("chatkit", parseCaddyfile)
+	// Not RegisterHandlerDirective: it strips the matcher before the block
+	// is parsed, and a protect block must refuse one.
+	httpcaddyfile.RegisterDirective("chatkit", parseCaddyfile)
 	// Before `handle`, so it sees requests ahead of respond, reverse_proxy,
 	// php_fastcgi and file_server without a global `order` option.
 	httpcaddyfile.RegisterDirectiveOrder("chatkit", httpcaddyfile.Before, "handle")
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+// parseCaddyfile sets up the directive: an optional matcher, then the
+// block (see UnmarshalCaddyfile).
+func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	if !h.Next() {
+		return nil, h.ArgErr()
+	}
+	directive := h.Token()
+	matcherSet, err := h.ExtractMatcherSet()
+	if err != nil {
+		return nil, err
+	}
 	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
+	if err := m.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	if matcherSet != nil && len(m.Protect) > 0 {
+		// The module removes client-sent identity headers only on the
+		// requests it sees: the ones a matcher skips would reach the
+		// backend with the client's own header.
+		return nil, tokenErr(directive, fmt.Errorf("chatkit: protect cannot be used with a matcher: requests the matcher skips would reach the backend carrying the client's own %s header; use chatkit without a matcher and scope the backend with reverse_proxy's own matcher",
+			cmp.Or(m.IdentityHeader, defaultIdentityHeader)))
+	}
+	return h.NewRoute(matcherSet, m), nil
+}
+
+// tokenErr attaches the file and line of tok to err, as Dispenser.Err does
+// for the current token.
+func tokenErr(tok caddyfile.Token, err error) error {
+	d := caddyfile.NewDispenser([]caddyfile.Token{tok})
+	d.Next()
+	return d.WrapErr(err)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -1056,5 +1057,57 @@ func TestParseRateLimitOffWithRedis(t *testing.T) {
 	}
 	if _, err := cfParse("chatkit {\n\tworkflow wf_x\n\trate_limit 1 1s {\n\t\tredis http://x\n\t}\n}"); err == nil {
 		t.Fatal("a non-redis URL was accepted")
+	}
+}
+
+// cfAdaptErr adapts a whole Caddyfile and returns the adapter's error.
+func cfAdaptErr(t *testing.T, caddyfileText string) error {
+	t.Helper()
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	if adapter == nil {
+		t.Fatal("caddyfile adapter not registered")
+	}
+	_, _, err := adapter.Adapt([]byte(caddyfileText), nil)
+	return err
+}
+
+// TestParseDirectiveProtectRefusesMatcher: a matcher on a protect block
+// would let the requests it skips reach the backend with the client's own
+// identity header, so the directive refuses it at load, pointing at it.
+func TestParseDirectiveProtectRefusesMatcher(t *testing.T) {
+	for _, tc := range []struct{ name, site, wantHeader string }{
+		{"named matcher", "\t@chat path /chatkit*\n\tchatkit @chat {\n\t\tprotect /chatkit\n\t}\n", "X-ChatKit-User"},
+		{"path matcher", "\tchatkit /chatkit* {\n\t\tprotect /chatkit\n\t}\n", "X-ChatKit-User"},
+		{"with a workflow too", "\t@chat path /chatkit* /api/*\n\tchatkit @chat {\n\t\tworkflow wf_1\n\t\tprotect /chatkit\n\t\tidentity_header X-Site-User\n\t}\n", "X-Site-User"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := cfAdaptErr(t, "example.com {\n"+tc.site+"\treverse_proxy /chatkit* 127.0.0.1:8000\n}\n")
+			if err == nil {
+				t.Fatal("protect with a matcher was accepted")
+			}
+			for _, want := range []string{"protect cannot be used with a matcher", "the client's own " + tc.wantHeader + " header"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+			// The directive is on line 2 or 3: the error names its line.
+			line := 2
+			if strings.HasPrefix(tc.site, "\t@") {
+				line = 3
+			}
+			if want := fmt.Sprintf("Caddyfile:%d", line); !strings.HasSuffix(err.Error(), want) {
+				t.Errorf("error %q does not point at %s", err, want)
+			}
+		})
+	}
+	// The catch-all matcher skips nothing; blocks without protect keep
+	// their matchers (testdata/adapt/matcher.caddytest).
+	for _, ok := range []string{
+		"example.com {\n\tchatkit * {\n\t\tprotect /chatkit\n\t}\n}\n",
+		"example.com {\n\t@chat path /api/*\n\tchatkit @chat {\n\t\tworkflow wf_1\n\t}\n}\n",
+	} {
+		if err := cfAdaptErr(t, ok); err != nil {
+			t.Errorf("refused %q: %v", ok, err)
+		}
 	}
 }
