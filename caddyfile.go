@@ -3,8 +3,9 @@ package chatkit
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"strconv"
-	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -114,200 +115,220 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //
 // `rate_limit off` with a block takes only `redis` and `on_redis_error`
 // (the budget and the revoke registry still use Redis). `workflow` is
-// required unless `protect` is used. `state_variable`,
+// required unless `protect` is used. An option that can have no effect is
+// refused: with `protect` alone (no workflow), those of minted sessions
+// and of OpenAI calls (`api_key` to `project`, `start_path`,
+// `refresh_path`, `session_ttl` to `thread_titling`, `timeout`, `retries`,
+// `circuit_breaker`, `error_cache`, `revoke_on_refresh`); without
+// `protect`, `identity_header` and `max_upload`. A block with `protect`
+// takes no matcher: the requests a matcher skips would reach the backend
+// with the client's own identity header. `state_variable`,
 // `allow_origins` and `protect` may be repeated; every other subdirective
-// may appear once. The blocks after
-// `file_upload` and `history` are optional.
+// may appear once. The blocks after `file_upload` and `history` are
+// optional. Every value is checked by the rules JSON configs are checked
+// by (validate.go), and an error names its line.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
+	directive := d.Token()
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]bool)
+	// Where each subdirective first appears, for the rules checked once
+	// the whole block is known.
+	lines := make(map[string]caddyfile.Token)
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "state_variable" && name != "allow_origins" && name != "protect" {
+		if _, dup := lines[name]; dup && name != "state_variable" && name != "allow_origins" && name != "protect" {
 			return d.Errf("duplicate subdirective %q", name)
 		}
-		seen[name] = true
-		var err error
-		switch name {
-		case "workflow":
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
-				return d.ArgErr()
-			}
-			if h.Workflow == nil {
-				h.Workflow = new(Workflow)
-			}
-			h.Workflow.ID = args[0]
-			if len(args) == 2 {
-				if strings.EqualFold(args[1], "latest") {
-					return d.Err(`workflow version "latest" breaks chats after they start; pin a version or omit it`)
-				}
-				h.Workflow.Version = args[1]
-			}
-		case "api_key":
-			err = singleArg(d, &h.APIKey)
-		case "api_base":
-			err = singleArg(d, &h.APIBase)
-		case "organization":
-			err = singleArg(d, &h.Organization)
-		case "project":
-			err = singleArg(d, &h.Project)
-		case "tracing":
-			var on bool
-			if on, err = onOff(d); err == nil {
-				if h.Workflow == nil {
-					h.Workflow = new(Workflow)
-				}
-				h.Workflow.Tracing = &on
-			}
-		case "state_variable":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.ArgErr()
-			}
-			if h.Workflow == nil {
-				h.Workflow = new(Workflow)
-			}
-			if h.Workflow.StateVariables == nil {
-				h.Workflow.StateVariables = make(map[string]any)
-			}
-			if _, dup := h.Workflow.StateVariables[args[0]]; dup {
-				return d.Errf("duplicate state_variable %q", args[0])
-			}
-			h.Workflow.StateVariables[args[0]] = args[1]
-		case "start_path":
-			err = singleArg(d, &h.StartPath)
-		case "refresh_path":
-			err = singleArg(d, &h.RefreshPath)
-		case "health_path":
-			err = singleArg(d, &h.HealthPath)
-		case "user":
-			err = singleArg(d, &h.User)
-		case "cookie_name":
-			err = singleArg(d, &h.cookie().Name)
-		case "cookie_secret":
-			err = singleArg(d, &h.cookie().Secret)
-		case "cookie_max_age":
-			err = durationArg(d, &h.cookie().MaxAge)
-		case "session_ttl":
-			err = durationArg(d, &h.SessionTTL)
-		case "max_requests_per_minute":
-			err = intArg(d, &h.MaxRequestsPerMinute)
-		case "file_upload":
-			err = h.parseFileUpload(d)
-		case "history":
-			err = h.parseHistory(d)
-		case "thread_titling":
-			var on bool
-			if on, err = onOff(d); err == nil {
-				h.chatKitConfiguration().AutomaticThreadTitling = &Toggle{Enabled: &on}
-			}
-		case "timeout":
-			err = durationArg(d, &h.Timeout)
-		case "max_body":
-			var size string
-			if err = singleArg(d, &size); err == nil {
-				var n uint64
-				// int64(n) <= 0 also catches sizes too large for MaxBody.
-				if n, err = humanize.ParseBytes(size); err != nil || int64(n) <= 0 {
-					return d.Errf("max_body: invalid size %q", size)
-				}
-				h.MaxBody = int64(n)
-			}
-		case "rate_limit":
-			err = h.parseRateLimit(d)
-		case "budget":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.ArgErr()
-			}
-			n, convErr := strconv.Atoi(args[0])
-			interval, durErr := caddy.ParseDuration(args[1])
-			if convErr != nil || n < 1 || durErr != nil || interval <= 0 {
-				return d.Errf("budget: want <sessions> <interval>, got %q %q", args[0], args[1])
-			}
-			h.Budget = &Budget{Sessions: n, Interval: caddy.Duration(interval)}
-		case "retries":
-			var n string
-			if err = singleArg(d, &n); err == nil {
-				retries, convErr := strconv.Atoi(n)
-				if convErr != nil || retries < 0 || retries > 10 {
-					return d.Errf("retries must be 0 to 10, got %q", n)
-				}
-				h.Retries = &retries
-			}
-		case "circuit_breaker":
-			args := d.RemainingArgs()
-			switch {
-			case len(args) == 1 && args[0] == "off":
-				h.CircuitBreaker = &CircuitBreaker{Disabled: true}
-			case len(args) == 2:
-				n, convErr := strconv.Atoi(args[0])
-				cooldown, durErr := caddy.ParseDuration(args[1])
-				if convErr != nil || n < 1 || durErr != nil || cooldown <= 0 {
-					return d.Errf("circuit_breaker: want <failures> <cooldown>, got %q %q", args[0], args[1])
-				}
-				h.CircuitBreaker = &CircuitBreaker{Failures: n, Cooldown: caddy.Duration(cooldown)}
-			default:
-				return d.ArgErr()
-			}
-		case "error_cache":
-			var v string
-			if err = singleArg(d, &v); err == nil {
-				ttl := caddy.Duration(0)
-				if v != "off" {
-					dur, durErr := caddy.ParseDuration(v)
-					if durErr != nil || dur <= 0 || dur > maxErrorCache {
-						return d.Errf("error_cache must be off or a duration up to 30s, got %q", v)
-					}
-					ttl = caddy.Duration(dur)
-				}
-				h.ErrorCache = &ttl
-			}
-		case "revoke_on_refresh":
-			h.RevokeOnRefresh, err = onOff(d)
-		case "allow_origins":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.AllowOrigins = append(h.AllowOrigins, args...)
-		case "protect":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			for _, p := range args {
-				if !strings.HasPrefix(p, "/") {
-					return d.Errf("protect: %q must be a path starting with '/'", p)
-				}
-			}
-			h.Protect = append(h.Protect, args...)
-		case "identity_header":
-			err = singleArg(d, &h.IdentityHeader)
-		case "max_upload":
-			var size string
-			if err = singleArg(d, &size); err == nil {
-				n, sizeErr := humanize.ParseBytes(size)
-				if sizeErr != nil || int64(n) <= 0 {
-					return d.Errf("max_upload: invalid size %q", size)
-				}
-				h.MaxUpload = int64(n)
-			}
-		default:
-			return d.Errf("unrecognized chatkit subdirective %q", name)
+		if _, ok := lines[name]; !ok {
+			lines[name] = d.Token()
 		}
-		if err != nil {
+		if err := h.parseSubdirective(d, name); err != nil {
 			return err
 		}
 	}
-	if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 {
-		return d.Err("chatkit: the workflow subdirective is required (or protect, for a self-hosted ChatKit server)")
+	// Each value was checked on its own line; what remains are the rules
+	// that join settings (the modes, the paths), reported at the line of
+	// the setting they name.
+	if err := h.validate(); err != nil {
+		at, ok := lines[directiveOf(err)]
+		if !ok {
+			at = directive
+		}
+		return tokenErr(at, err)
 	}
 	return nil
+}
+
+// parseSubdirective parses one subdirective and checks its value.
+func (h *Handler) parseSubdirective(d *caddyfile.Dispenser, name string) error {
+	switch name {
+	case "workflow":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.ArgErr()
+		}
+		w := h.workflow()
+		w.ID = args[0]
+		if len(args) == 2 {
+			w.Version = args[1]
+		}
+		return check(d, w.validate())
+	case "api_key":
+		return singleArg(d, &h.APIKey)
+	case "api_base":
+		return singleArg(d, &h.APIBase)
+	case "organization":
+		return singleArg(d, &h.Organization)
+	case "project":
+		return singleArg(d, &h.Project)
+	case "tracing":
+		on, err := onOff(d)
+		if err != nil {
+			return err
+		}
+		h.workflow().Tracing = &on
+		return nil
+	case "state_variable":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		w := h.workflow()
+		if w.StateVariables == nil {
+			w.StateVariables = make(map[string]any)
+		}
+		if _, dup := w.StateVariables[args[0]]; dup {
+			return d.Errf("duplicate state_variable %q", args[0])
+		}
+		w.StateVariables[args[0]] = args[1]
+		return check(d, checkStateVariable(args[0], args[1]))
+	case "start_path":
+		return pathArg(d, &h.StartPath)
+	case "refresh_path":
+		return pathArg(d, &h.RefreshPath)
+	case "health_path":
+		return pathArg(d, &h.HealthPath)
+	case "user":
+		return singleArg(d, &h.User)
+	case "cookie_name":
+		return singleArg(d, &h.cookie().Name)
+	case "cookie_secret":
+		return singleArg(d, &h.cookie().Secret)
+	case "cookie_max_age":
+		return durationArg(d, &h.cookie().MaxAge, checkCookieMaxAge)
+	case "session_ttl":
+		return durationArg(d, &h.SessionTTL, checkSessionTTL)
+	case "max_requests_per_minute":
+		return intArg(d, &h.MaxRequestsPerMinute, checkMaxRequestsPerMinute)
+	case "file_upload":
+		return h.parseFileUpload(d)
+	case "history":
+		return h.parseHistory(d)
+	case "thread_titling":
+		on, err := onOff(d)
+		if err != nil {
+			return err
+		}
+		h.chatKitConfiguration().AutomaticThreadTitling = &Toggle{Enabled: &on}
+		return nil
+	case "timeout":
+		return durationArg(d, &h.Timeout, checkTimeout)
+	case "max_body":
+		return sizeArg(d, &h.MaxBody, checkMaxBody)
+	case "rate_limit":
+		return h.parseRateLimit(d)
+	case "budget":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		n, convErr := strconv.Atoi(args[0])
+		interval, durErr := caddy.ParseDuration(args[1])
+		if convErr != nil || durErr != nil {
+			return d.Errf("budget: want <sessions> <interval>, got %q %q", args[0], args[1])
+		}
+		h.Budget = &Budget{Sessions: n, Interval: caddy.Duration(interval)}
+		return check(d, h.Budget.validate())
+	case "retries":
+		var n int
+		if err := intArg(d, &n, checkRetries); err != nil {
+			return err
+		}
+		h.Retries = &n
+		return nil
+	case "circuit_breaker":
+		args := d.RemainingArgs()
+		switch {
+		case len(args) == 1 && args[0] == "off":
+			h.CircuitBreaker = &CircuitBreaker{Disabled: true}
+			return nil
+		case len(args) != 2:
+			return d.ArgErr()
+		}
+		n, convErr := strconv.Atoi(args[0])
+		cooldown, durErr := caddy.ParseDuration(args[1])
+		if convErr != nil || durErr != nil {
+			return d.Errf("circuit_breaker: want off or <failures> <cooldown>, got %q %q", args[0], args[1])
+		}
+		h.CircuitBreaker = &CircuitBreaker{Failures: n, Cooldown: caddy.Duration(cooldown)}
+		// Both values are written, so zero is checked too.
+		return check(d, cmp.Or(checkBreakerFailures(n), checkBreakerCooldown(cooldown)))
+	case "error_cache":
+		var v string
+		if err := singleArg(d, &v); err != nil {
+			return err
+		}
+		ttl := caddy.Duration(0)
+		if v != "off" {
+			dur, err := durationValue(d, "error_cache", v, checkErrorCache)
+			if err != nil {
+				return err
+			}
+			ttl = caddy.Duration(dur)
+		}
+		h.ErrorCache = &ttl
+		return nil
+	case "revoke_on_refresh":
+		var err error
+		h.RevokeOnRefresh, err = onOff(d)
+		return err
+	case "allow_origins":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		h.AllowOrigins = append(h.AllowOrigins, args...)
+		return check(d, checkAllowOrigins(args))
+	case "protect":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, p := range args {
+			if err := checkProtectPath(p); err != nil {
+				return d.WrapErr(err)
+			}
+		}
+		h.Protect = append(h.Protect, args...)
+		return nil
+	case "identity_header":
+		if err := singleArg(d, &h.IdentityHeader); err != nil {
+			return err
+		}
+		return check(d, checkIdentityHeader(h.IdentityHeader))
+	case "max_upload":
+		return sizeArg(d, &h.MaxUpload, checkMaxUpload)
+	}
+	return d.Errf("unrecognized chatkit subdirective %q", name)
+}
+
+func (h *Handler) workflow() *Workflow {
+	if h.Workflow == nil {
+		h.Workflow = new(Workflow)
+	}
+	return h.Workflow
 }
 
 func (h *Handler) cookie() *CookieConfig {
@@ -339,15 +360,9 @@ func (h *Handler) parseFileUpload(d *caddyfile.Dispenser) error {
 		seen[name] = true
 		switch name {
 		case "max_file_size":
-			err = intArg(d, &fu.MaxFileSize)
-			if err == nil && (fu.MaxFileSize < 1 || fu.MaxFileSize > 512) {
-				err = d.Errf("max_file_size must be 1 to 512 (MB), got %d", fu.MaxFileSize)
-			}
+			err = intArg(d, &fu.MaxFileSize, checkMaxFileSize)
 		case "max_files":
-			err = intArg(d, &fu.MaxFiles)
-			if err == nil && fu.MaxFiles < 1 {
-				err = d.Errf("max_files must be at least 1, got %d", fu.MaxFiles)
-			}
+			err = intArg(d, &fu.MaxFiles, checkMaxFiles)
 		default:
 			err = d.Errf("unrecognized file_upload option %q", name)
 		}
@@ -356,7 +371,7 @@ func (h *Handler) parseFileUpload(d *caddyfile.Dispenser) error {
 		}
 	}
 	h.chatKitConfiguration().FileUpload = fu
-	return nil
+	return check(d, fu.validate())
 }
 
 func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
@@ -373,8 +388,12 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 	case 2:
 		burst, err := strconv.Atoi(args[0])
 		interval, durErr := caddy.ParseDuration(args[1])
-		if err != nil || burst < 1 || durErr != nil || interval <= 0 {
+		if err != nil || durErr != nil {
 			return d.Errf("rate_limit: want <burst> <interval>, got %q %q", args[0], args[1])
+		}
+		// Both values are written, so zero is checked too.
+		if err := cmp.Or(checkBurst(burst), checkInterval(interval)); err != nil {
+			return d.WrapErr(err)
 		}
 		rl.Burst, rl.Interval = burst, caddy.Duration(interval)
 	default:
@@ -387,9 +406,6 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 			return d.Errf("duplicate rate_limit option %q", name)
 		}
 		seen[name] = true
-		if rl.Disabled && name != "redis" && name != "on_redis_error" {
-			return d.Errf("rate_limit off takes only redis and on_redis_error, not %q", name)
-		}
 		var err error
 		switch name {
 		case "key":
@@ -397,28 +413,20 @@ func (h *Handler) parseRateLimit(d *caddyfile.Dispenser) error {
 		case "zone":
 			err = singleArg(d, &rl.Zone)
 		case "ipv4_prefix":
-			if err = intArg(d, &rl.IPv4Prefix); err == nil && rl.IPv4Prefix > 32 {
-				err = d.Errf("ipv4_prefix must be 1 to 32, got %d", rl.IPv4Prefix)
-			}
+			err = intArg(d, &rl.IPv4Prefix, checkIPv4Prefix)
 		case "ipv6_prefix":
-			if err = intArg(d, &rl.IPv6Prefix); err == nil && rl.IPv6Prefix > 128 {
-				err = d.Errf("ipv6_prefix must be 1 to 128, got %d", rl.IPv6Prefix)
-			}
+			err = intArg(d, &rl.IPv6Prefix, checkIPv6Prefix)
 		case "max_keys":
-			err = intArg(d, &rl.MaxKeys)
+			err = intArg(d, &rl.MaxKeys, checkMaxKeys)
 		case "redis":
 			err = singleArg(d, &rl.Redis)
-			// A placeholder for the whole URL is checked once resolved.
-			if err == nil && !strings.HasPrefix(rl.Redis, "redis://") && !strings.HasPrefix(rl.Redis, "rediss://") && !strings.HasPrefix(rl.Redis, "{") {
-				err = d.Err("redis: want a redis:// or rediss:// URL")
-			}
 		case "on_redis_error":
 			err = singleArg(d, &rl.OnRedisError)
-			if err == nil && rl.OnRedisError != "local" && rl.OnRedisError != "deny" {
-				err = d.Errf("on_redis_error must be local or deny, got %q", rl.OnRedisError)
-			}
 		default:
 			err = d.Errf("unrecognized rate_limit option %q", name)
+		}
+		if err == nil {
+			err = check(d, rl.validate())
 		}
 		if err != nil {
 			return err
@@ -443,14 +451,19 @@ func (h *Handler) parseHistory(d *caddyfile.Dispenser) error {
 			return d.Err("duplicate history option \"recent_threads\"")
 		}
 		seen = true
-		if err := intArg(d, &hist.RecentThreads); err != nil {
+		if err := intArg(d, &hist.RecentThreads, checkRecentThreads); err != nil {
 			return err
-		}
-		if hist.RecentThreads < 1 {
-			return d.Errf("recent_threads must be at least 1, got %d", hist.RecentThreads)
 		}
 	}
 	h.chatKitConfiguration().History = hist
+	return check(d, hist.validate())
+}
+
+// check attaches the current line to a rule's refusal.
+func check(d *caddyfile.Dispenser, err error) error {
+	if err != nil {
+		return d.WrapErr(err)
+	}
 	return nil
 }
 
@@ -461,29 +474,73 @@ func singleArg(d *caddyfile.Dispenser, target *string) error {
 	return nil
 }
 
-func intArg(d *caddyfile.Dispenser, target *int) error {
+func pathArg(d *caddyfile.Dispenser, target *string) error {
+	name := d.Val()
+	if err := singleArg(d, target); err != nil {
+		return err
+	}
+	return check(d, checkEndpointPath(name, *target))
+}
+
+// intArg reads a whole number and checks it with rule.
+func intArg(d *caddyfile.Dispenser, target *int, rule func(int) error) error {
+	name := d.Val()
 	var s string
 	if !d.AllArgs(&s) {
 		return d.ArgErr()
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return d.Errf("%q is not a positive whole number", s)
+	if err != nil {
+		return d.Errf("%s: %q is not a whole number", name, s)
+	}
+	if err := rule(n); err != nil {
+		return d.WrapErr(err)
 	}
 	*target = n
 	return nil
 }
 
-func durationArg(d *caddyfile.Dispenser, target *caddy.Duration) error {
+// durationArg reads a duration and checks it with rule.
+func durationArg(d *caddyfile.Dispenser, target *caddy.Duration, rule func(time.Duration) error) error {
+	name := d.Val()
 	var s string
 	if !d.AllArgs(&s) {
 		return d.ArgErr()
 	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil || dur <= 0 {
-		return d.Errf("%q is not a positive duration", s)
+	dur, err := durationValue(d, name, s, rule)
+	if err != nil {
+		return err
 	}
 	*target = caddy.Duration(dur)
+	return nil
+}
+
+// durationValue parses s, the value of subdirective name, and checks it
+// with rule.
+func durationValue(d *caddyfile.Dispenser, name, s string, rule func(time.Duration) error) (time.Duration, error) {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return 0, d.Errf("%s: %q is not a duration", name, s)
+	}
+	return dur, check(d, rule(dur))
+}
+
+// sizeArg reads a size in bytes (`16KiB`, `1MB`, `2000`) and checks it
+// with rule.
+func sizeArg(d *caddyfile.Dispenser, target *int64, rule func(int64) error) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > math.MaxInt64 {
+		return d.Errf("%s: %q is not a size in bytes", name, s)
+	}
+	if err := rule(int64(n)); err != nil {
+		return d.WrapErr(err)
+	}
+	*target = int64(n)
 	return nil
 }
 

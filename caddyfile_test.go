@@ -482,17 +482,20 @@ func TestParseCaddyfileErrors(t *testing.T) {
 		{
 			name:    "missing workflow, empty block",
 			input:   "chatkit {\n}",
-			wantErr: "the workflow subdirective is required",
+			wantErr: "workflow is required: add workflow <id>, or protect <path>",
+			line:    1,
 		},
 		{
 			name:    "missing workflow, no block",
 			input:   "chatkit",
-			wantErr: "the workflow subdirective is required",
+			wantErr: "workflow is required: add workflow <id>, or protect <path>",
+			line:    1,
 		},
 		{
 			name:    "missing workflow, other options present",
 			input:   "chatkit {\n\ttracing on\n\tstate_variable a b\n\tapi_key x\n}",
-			wantErr: "the workflow subdirective is required",
+			wantErr: "tracing is a workflow option, but no workflow is set: add workflow <id>",
+			line:    2,
 		},
 		{
 			name:    "workflow without id",
@@ -552,31 +555,31 @@ func TestParseCaddyfileErrors(t *testing.T) {
 		{name: "history typo", input: "chatkit {\n\tworkflow w\n\thistory enabled {\n\t\trecent_threads 2\n\t}\n}", wantErr: `expected on or off, got "enabled"`, line: 3},
 
 		{name: "bad duration", input: "chatkit {\n\tworkflow w\n\ttimeout 10 seconds\n}", wantErr: "wrong argument count", line: 3},
-		{name: "timeout not a duration", input: "chatkit {\n\tworkflow w\n\ttimeout soon\n}", wantErr: `"soon" is not a positive duration`, line: 3},
-		{name: "timeout without unit", input: "chatkit {\n\tworkflow w\n\ttimeout 10\n}", wantErr: `"10" is not a positive duration`, line: 3},
-		{name: "timeout zero", input: "chatkit {\n\tworkflow w\n\ttimeout 0s\n}", wantErr: `"0s" is not a positive duration`, line: 3},
-		{name: "timeout negative", input: "chatkit {\n\tworkflow w\n\ttimeout -5s\n}", wantErr: `"-5s" is not a positive duration`, line: 3},
-		{name: "session_ttl bad unit", input: "chatkit {\n\tworkflow w\n\tsession_ttl 5mins\n}", wantErr: `"5mins" is not a positive duration`, line: 3},
-		{name: "cookie_max_age bad", input: "chatkit {\n\tworkflow w\n\tcookie_max_age 1y\n}", wantErr: `"1y" is not a positive duration`, line: 3},
+		{name: "timeout not a duration", input: "chatkit {\n\tworkflow w\n\ttimeout soon\n}", wantErr: `timeout: "soon" is not a duration`, line: 3},
+		{name: "timeout without unit", input: "chatkit {\n\tworkflow w\n\ttimeout 10\n}", wantErr: `timeout: "10" is not a duration`, line: 3},
+		{name: "timeout zero", input: "chatkit {\n\tworkflow w\n\ttimeout 0s\n}", wantErr: "timeout must be positive, got 0s", line: 3},
+		{name: "timeout negative", input: "chatkit {\n\tworkflow w\n\ttimeout -5s\n}", wantErr: "timeout must be positive, got -5s", line: 3},
+		{name: "session_ttl bad unit", input: "chatkit {\n\tworkflow w\n\tsession_ttl 5mins\n}", wantErr: `session_ttl: "5mins" is not a duration`, line: 3},
+		{name: "cookie_max_age bad", input: "chatkit {\n\tworkflow w\n\tcookie_max_age 1y\n}", wantErr: `cookie_max_age: "1y" is not a duration`, line: 3},
 
-		{name: "max_requests_per_minute not a number", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute ten\n}", wantErr: `"ten" is not a positive whole number`, line: 3},
-		{name: "max_requests_per_minute zero", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute 0\n}", wantErr: `"0" is not a positive whole number`, line: 3},
-		{name: "max_requests_per_minute fraction", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute 2.5\n}", wantErr: `"2.5" is not a positive whole number`, line: 3},
-		{name: "max_requests_per_minute overflow", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute 99999999999999999999\n}", wantErr: "is not a positive whole number", line: 3},
-		{name: "max_file_size zero", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_file_size 0\n\t}\n}", wantErr: `"0" is not a positive whole number`, line: 4},
+		{name: "max_requests_per_minute not a number", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute ten\n}", wantErr: `max_requests_per_minute: "ten" is not a whole number`, line: 3},
+		{name: "max_requests_per_minute zero", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute 0\n}", wantErr: "max_requests_per_minute must be at least 1, got 0", line: 3},
+		{name: "max_requests_per_minute fraction", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute 2.5\n}", wantErr: `max_requests_per_minute: "2.5" is not a whole number`, line: 3},
+		{name: "max_requests_per_minute overflow", input: "chatkit {\n\tworkflow w\n\tmax_requests_per_minute 99999999999999999999\n}", wantErr: "is not a whole number", line: 3},
+		{name: "max_file_size zero", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_file_size 0\n\t}\n}", wantErr: "file_upload max_file_size must be 1 to 512 (MB), got 0", line: 4},
 		{name: "max_file_size 513", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_file_size 513\n\t}\n}", wantErr: "max_file_size must be 1 to 512 (MB), got 513", line: 4},
-		{name: "max_file_size with unit", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_file_size 20MB\n\t}\n}", wantErr: `"20MB" is not a positive whole number`, line: 4},
-		{name: "max_files zero", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files 0\n\t}\n}", wantErr: `"0" is not a positive whole number`, line: 4},
-		{name: "max_files negative", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files -1\n\t}\n}", wantErr: `"-1" is not a positive whole number`, line: 4},
+		{name: "max_file_size with unit", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_file_size 20MB\n\t}\n}", wantErr: `max_file_size: "20MB" is not a whole number`, line: 4},
+		{name: "max_files zero", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files 0\n\t}\n}", wantErr: "file_upload max_files must be at least 1, got 0", line: 4},
+		{name: "max_files negative", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files -1\n\t}\n}", wantErr: "file_upload max_files must be at least 1, got -1", line: 4},
 		{name: "max_files without value", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files\n\t}\n}", wantErr: "wrong argument count", line: 4},
-		{name: "recent_threads zero", input: "chatkit {\n\tworkflow w\n\thistory on {\n\t\trecent_threads 0\n\t}\n}", wantErr: `"0" is not a positive whole number`, line: 4},
-		{name: "recent_threads not a number", input: "chatkit {\n\tworkflow w\n\thistory on {\n\t\trecent_threads all\n\t}\n}", wantErr: `"all" is not a positive whole number`, line: 4},
+		{name: "recent_threads zero", input: "chatkit {\n\tworkflow w\n\thistory on {\n\t\trecent_threads 0\n\t}\n}", wantErr: "history recent_threads must be at least 1, got 0", line: 4},
+		{name: "recent_threads not a number", input: "chatkit {\n\tworkflow w\n\thistory on {\n\t\trecent_threads all\n\t}\n}", wantErr: `recent_threads: "all" is not a whole number`, line: 4},
 		{name: "recent_threads with two values", input: "chatkit {\n\tworkflow w\n\thistory on {\n\t\trecent_threads 1 2\n\t}\n}", wantErr: "wrong argument count", line: 4},
 
-		{name: "max_body not a size", input: "chatkit {\n\tworkflow w\n\tmax_body lots\n}", wantErr: `max_body: invalid size "lots"`, line: 3},
-		{name: "max_body zero", input: "chatkit {\n\tworkflow w\n\tmax_body 0\n}", wantErr: `max_body: invalid size "0"`, line: 3},
-		{name: "max_body negative", input: "chatkit {\n\tworkflow w\n\tmax_body -1KB\n}", wantErr: `max_body: invalid size "-1KB"`, line: 3},
-		{name: "max_body larger than int64", input: "chatkit {\n\tworkflow w\n\tmax_body 10EiB\n}", wantErr: `max_body: invalid size "10EiB"`, line: 3},
+		{name: "max_body not a size", input: "chatkit {\n\tworkflow w\n\tmax_body lots\n}", wantErr: `max_body: "lots" is not a size in bytes`, line: 3},
+		{name: "max_body zero", input: "chatkit {\n\tworkflow w\n\tmax_body 0\n}", wantErr: "max_body must be positive, got 0", line: 3},
+		{name: "max_body negative", input: "chatkit {\n\tworkflow w\n\tmax_body -1KB\n}", wantErr: `max_body: "-1KB" is not a size in bytes`, line: 3},
+		{name: "max_body larger than int64", input: "chatkit {\n\tworkflow w\n\tmax_body 10EiB\n}", wantErr: `max_body: "10EiB" is not a size in bytes`, line: 3},
 
 		{name: "unknown file_upload option", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\tmax_files 2\n\t\tmax_size 3\n\t}\n}", wantErr: `unrecognized file_upload option "max_size"`, line: 5},
 		{name: "history option inside file_upload", input: "chatkit {\n\tworkflow w\n\tfile_upload on {\n\t\trecent_threads 3\n\t}\n}", wantErr: `unrecognized file_upload option "recent_threads"`, line: 4},
@@ -645,6 +648,15 @@ var cfSubdirectiveSamples = map[string]string{
 	"max_upload":              "max_upload 5MB",
 }
 
+// cfSampleNeeds returns what a sample needs besides a workflow to have an
+// effect (options of protected paths need protect).
+func cfSampleNeeds(name string) string {
+	if name == "identity_header" || name == "max_upload" {
+		return "\n\tprotect /chatkit"
+	}
+	return ""
+}
+
 // cfRepeatable are the subdirectives that may appear more than once.
 var cfRepeatable = []string{"state_variable", "allow_origins", "protect"}
 
@@ -692,7 +704,11 @@ func TestParseCaddyfileSubdirectivesDocumented(t *testing.T) {
 			t.Errorf("documented subdirective %q has no test sample", name)
 			continue
 		}
-		input := "chatkit {\n\tworkflow wf_doc\n\t" + sample + "\n}"
+		base, err := cfParse("chatkit {\n\tworkflow wf_doc" + cfSampleNeeds(name) + "\n}")
+		if err != nil {
+			t.Fatalf("%s: the sample's context does not parse: %v", name, err)
+		}
+		input := "chatkit {\n\tworkflow wf_doc\n\t" + sample + cfSampleNeeds(name) + "\n}"
 		if name == "workflow" {
 			input = "chatkit {\n\tworkflow wf_doc 4\n}"
 		}
@@ -701,7 +717,7 @@ func TestParseCaddyfileSubdirectivesDocumented(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		if reflect.DeepEqual(*h, Handler{Workflow: &Workflow{ID: "wf_doc"}}) {
+		if reflect.DeepEqual(h, base) {
 			t.Errorf("%s: parsing %q changed nothing", name, sample)
 		}
 	}

@@ -1004,6 +1004,16 @@ revoke_on_refresh on`},
 		{"directive-args", "}\nchatkit extra {\nworkflow wf"},
 		{"long-token", "workflow wf_" + strings.Repeat("x", 5000)},
 		{"crlf", "workflow wf\r\napi_key k\r\n"},
+		{"protect-only", "protect /chatkit /chatkit-upload\nidentity_header X-Site-User\nmax_upload 5MB\nbudget 100 1h"},
+		{"protect-only-minting-option", "protect /chatkit\nsession_ttl 5m"},
+		{"protect-only-tracing", "protect /chatkit\ntracing off"},
+		{"protect-relative-path", "protect chatkit"},
+		{"identity-header-without-protect", "workflow wf\nidentity_header X-User"},
+		{"identity-header-hop-by-hop", "protect /chatkit\nidentity_header Connection"},
+		{"identity-header-not-a-token", "protect /chatkit\nidentity_header \"X User\""},
+		{"zero-values", "workflow wf\nrate_limit 0 1s\nbudget 0 0s\nerror_cache 0s\nretries 0"},
+		{"paths-collide-then-freed", "workflow wf\nstart_path /api/health\nhealth_path off"},
+		{"rate-limit-off-zone", "workflow wf\nrate_limit off {\n\tzone z\n}"},
 	}
 	seeds := make([]fzSeed, len(bodies))
 	for i, b := range bodies {
@@ -1013,7 +1023,7 @@ revoke_on_refresh on`},
 }
 
 // FuzzCaddyfile: parsing never panics; a parsed handler has a workflow id
-// and survives the JSON encoding Caddy stores it in, byte for byte and
+// or protect, passes the rules JSON configs pass, and survives the JSON encoding Caddy stores it in, byte for byte and
 // field for field.
 func FuzzCaddyfile(f *testing.F) {
 	for _, s := range fzCaddyfileSeeds() {
@@ -1042,6 +1052,10 @@ func FuzzCaddyfile(f *testing.F) {
 		}
 		if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 {
 			t.Fatalf("parsed %q with neither a workflow id nor protect: %+v", input, h.Workflow)
+		}
+		// The parser and JSON configs share one set of rules.
+		if err := h.validate(); err != nil {
+			t.Fatalf("parsed %q, which the JSON rules refuse: %v", input, err)
 		}
 		first, err := json.Marshal(h)
 		if err != nil {

@@ -62,7 +62,10 @@ type Handler struct {
 	// Optional OpenAI project id, sent as `OpenAI-Project`.
 	Project string `json:"project,omitempty"`
 
-	// The Agent Builder workflow every session runs. Required.
+	// The Agent Builder workflow every session runs. Required unless
+	// protect is set; without it the module mints nothing, and the options
+	// of minted sessions and OpenAI calls are refused (they would have no
+	// effect).
 	Workflow *Workflow `json:"workflow,omitempty"`
 
 	// Path of the endpoint that starts a chat. Default: `/api/chatkit/start`.
@@ -110,12 +113,15 @@ type Handler struct {
 	// identity header. With protect, workflow is optional.
 	Protect []string `json:"protect,omitempty"`
 
-	// Request header that carries the user id to the self-hosted server.
-	// Client-sent copies are always removed. Default: `X-ChatKit-User`.
+	// Request header that carries the user id to the self-hosted server
+	// (with protect only). Client-sent copies are always removed. It must
+	// be a header name that reaches the backend intact: hop-by-hop and
+	// framing headers, Host, Cookie and X-Forwarded-* are refused.
+	// Default: `X-ChatKit-User`.
 	IdentityHeader string `json:"identity_header,omitempty"`
 
 	// Largest attachment upload (multipart body) on protected paths, in
-	// bytes. Default: 20 MiB.
+	// bytes (with protect only). Default: 20 MiB.
 	MaxUpload int64 `json:"max_upload,omitempty"`
 
 	// Browser origins, besides the site's own, that may call the start and
@@ -259,6 +265,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets and defaults and builds the upstream client.
 // It does no network I/O, so `caddy validate` works offline.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	// Zones, buckets and the session body are built from these values:
+	// refuse bad ones before using them.
+	if err := h.validate(); err != nil {
+		return err
+	}
 	h.logger = ctx.Logger()
 	if h.now == nil {
 		h.now = time.Now
@@ -341,16 +352,13 @@ func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
 		}
 		return errors.New("chatkit: api_key resolved to an empty value (check the environment variable or file it names)")
 	}
-	if h.Workflow == nil {
-		return errors.New("chatkit: workflow is required (or use protect for a self-hosted ChatKit server)")
-	}
 	h.workflowID = strings.TrimSpace(repl.ReplaceAll(h.Workflow.ID, ""))
 	workflowVersion := strings.TrimSpace(repl.ReplaceAll(h.Workflow.Version, ""))
 	if h.workflowID == "" {
 		return fmt.Errorf("chatkit: workflow id %q resolved to an empty value", h.Workflow.ID)
 	}
-	if strings.EqualFold(workflowVersion, "latest") {
-		return errors.New(`chatkit: workflow version "latest" breaks chats after they start; pin a version number or omit it to use the deployed one`)
+	if err := checkWorkflowVersion(workflowVersion); err != nil {
+		return err
 	}
 	body, err := newSessionBodyTemplate(h, h.workflowID, workflowVersion)
 	if err != nil {
@@ -373,88 +381,19 @@ func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
 	return nil
 }
 
-// Validate checks the configuration for values OpenAI or Caddy would refuse.
+// Validate checks the configuration for values OpenAI or Caddy would
+// refuse: the static rules (validate.go, the ones the Caddyfile parser
+// runs; Provision ran them too, before building from the values) and the
+// values Provision resolved from placeholders.
 func (h *Handler) Validate() error {
-	for name, p := range map[string]string{"start_path": h.startPath, "refresh_path": h.refreshPath} {
-		if !strings.HasPrefix(p, "/") {
-			return fmt.Errorf("chatkit: %s must start with '/': %q", name, p)
-		}
-	}
-	if h.healthPath != "" && !strings.HasPrefix(h.healthPath, "/") {
-		return fmt.Errorf("chatkit: health_path must start with '/' or be 'off': %q", h.healthPath)
-	}
-	if h.startPath == h.refreshPath || h.startPath == h.healthPath || h.refreshPath == h.healthPath {
-		return errors.New("chatkit: start_path, refresh_path and health_path must differ")
+	if err := h.validate(); err != nil {
+		return err
 	}
 	if h.upstream != nil {
 		u, err := url.Parse(h.upstream.apiBase)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			return fmt.Errorf("chatkit: api_base must be an http(s) URL: %q", h.upstream.apiBase)
 		}
-	}
-	if ttl := time.Duration(h.SessionTTL); ttl != 0 && (ttl < time.Second || ttl > 10*time.Minute) {
-		return fmt.Errorf("chatkit: session_ttl must be between 1s and 10m, got %s", ttl)
-	}
-	if h.Retries != nil && (*h.Retries < 0 || *h.Retries > 10) {
-		return errors.New("chatkit: retries must be 0 to 10")
-	}
-	if h.ErrorCache != nil && (*h.ErrorCache < 0 || time.Duration(*h.ErrorCache) > maxErrorCache) {
-		return errors.New("chatkit: error_cache must be 0 to 30s")
-	}
-	if cb := h.CircuitBreaker; cb != nil && (cb.Failures < 0 || cb.Cooldown < 0) {
-		return errors.New("chatkit: circuit_breaker failures and cooldown must be positive")
-	}
-	if h.MaxRequestsPerMinute < 0 {
-		return errors.New("chatkit: max_requests_per_minute must be at least 1")
-	}
-	if h.timeout < 0 {
-		return errors.New("chatkit: timeout must be positive")
-	}
-	if h.maxBody < 0 {
-		return errors.New("chatkit: max_body must be positive")
-	}
-	if h.Cookie != nil && h.Cookie.MaxAge < 0 {
-		return errors.New("chatkit: cookie max_age must be positive")
-	}
-	if h.MaxUpload < 0 {
-		return errors.New("chatkit: max_upload must be positive")
-	}
-	if h.Workflow != nil {
-		if err := h.Workflow.validate(); err != nil {
-			return err
-		}
-	}
-	return h.ChatKitConfiguration.validate()
-}
-
-func (w *Workflow) validate() error {
-	for k, v := range w.StateVariables {
-		if k == "" || len(k) > 64 {
-			return fmt.Errorf("chatkit: state variable names must be 1 to 64 characters: %q", k)
-		}
-		switch v.(type) {
-		case string, float64, bool:
-		default:
-			return fmt.Errorf("chatkit: state variable %q must be a string, number or boolean", k)
-		}
-	}
-	return nil
-}
-
-func (c *ChatKitConfiguration) validate() error {
-	if c == nil {
-		return nil
-	}
-	if f := c.FileUpload; f != nil {
-		if f.MaxFileSize != 0 && (f.MaxFileSize < 1 || f.MaxFileSize > 512) {
-			return fmt.Errorf("chatkit: file upload max_file_size must be 1 to 512 (MB), got %d", f.MaxFileSize)
-		}
-		if f.MaxFiles < 0 {
-			return fmt.Errorf("chatkit: file upload max_files must be at least 1, got %d", f.MaxFiles)
-		}
-	}
-	if c.History != nil && c.History.RecentThreads < 0 {
-		return fmt.Errorf("chatkit: history recent_threads must be at least 1, got %d", c.History.RecentThreads)
 	}
 	return nil
 }

@@ -56,10 +56,8 @@ type protectedPaths struct {
 
 func newProtectedPaths(ctx caddy.Context, prefixes []string) (protectedPaths, error) {
 	var m caddyhttp.MatchPath
+	// Each starts with "/" (checkProtectPath, run before Provision).
 	for _, p := range prefixes {
-		if !strings.HasPrefix(p, "/") {
-			return protectedPaths{}, errors.New("chatkit: protect paths must start with '/': " + p)
-		}
 		if !strings.HasSuffix(p, "*") {
 			p += "*"
 		}

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -199,20 +198,10 @@ func (h *Handler) provisionZone(defaultZone string) error {
 	if r.keyPattern == clientIPKey {
 		r.keyPattern = ""
 	}
-	if r.limit.burst < 0 || r.limit.interval < 0 {
-		return errors.New("chatkit: rate_limit burst and interval must be positive")
-	}
-	if r.ipv4Prefix < 1 || r.ipv4Prefix > 32 || r.ipv6Prefix < 1 || r.ipv6Prefix > 128 {
-		return errors.New("chatkit: rate_limit ipv4_prefix must be 1-32 and ipv6_prefix 1-128")
-	}
+	// The values were checked by validate (validate.go) before Provision
+	// got here.
 	maxKeys := cmp.Or(rl.MaxKeys, defaultMaxKeys)
-	if maxKeys < 1 {
-		return errors.New("chatkit: rate_limit max_keys must be at least 1")
-	}
 	if b := h.Budget; b != nil {
-		if b.Sessions < 1 || b.Interval <= 0 {
-			return errors.New("chatkit: budget needs a positive session count and interval")
-		}
 		// n sessions per interval: a bucket of n refilled over the interval.
 		r.budget = &limit{burst: b.Sessions, interval: max(time.Duration(b.Interval)/time.Duration(b.Sessions), 1)}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -52,15 +51,9 @@ type redisBackend struct {
 // connects lazily, so this does no I/O: `caddy validate` works without Redis.
 func newRedisBackend(rawURL, zoneKey, onError string, logger *zap.Logger) (*redisBackend, error) {
 	resolved := caddy.NewReplacer().ReplaceAll(rawURL, "")
-	opts, err := redis.ParseURL(resolved)
+	opts, err := parseRedisURL(resolved)
 	if err != nil {
-		// The URL may contain a password: do not echo it.
-		return nil, errors.New("chatkit: rate_limit redis: not a valid redis:// or rediss:// URL")
-	}
-	switch onError {
-	case "", "local", "deny":
-	default:
-		return nil, fmt.Errorf("chatkit: on_redis_error must be local or deny, got %q", onError)
+		return nil, err
 	}
 	opts.DialTimeout = redisOpTimeout
 	opts.ReadTimeout = redisOpTimeout
