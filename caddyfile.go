@@ -2,9 +2,12 @@ package chatkit
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -44,7 +47,38 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 		return nil, tokenErr(directive, fmt.Errorf("chatkit: protect cannot be used with a matcher: requests the matcher skips would reach the backend carrying the client's own %s header; use chatkit without a matcher and scope the backend with reverse_proxy's own matcher",
 			cmp.Or(m.IdentityHeader, defaultIdentityHeader)))
 	}
+	if m.Site, err = siteAddresses(reflect.ValueOf(h)); err != nil {
+		if m.RateLimit == nil || m.RateLimit.Zone == "" {
+			return nil, tokenErr(directive, err)
+		}
+		// A named zone does not need the site.
+	}
 	return h.NewRoute(matcherSet, m), nil
+}
+
+// siteAddresses returns the addresses of the site block a directive is in,
+// as written ("example.com, www.example.com"; "&(name)" in a named route,
+// which every site invoking it shares), from an
+// httpcaddyfile.Helper. The Helper keeps its server block unexported
+// (parentBlock), so it is read by reflection; a Caddy whose Helper no
+// longer has it is refused with an error, never guessed.
+func siteAddresses(helper reflect.Value) (string, error) {
+	block := helper.FieldByName("parentBlock")
+	if !block.IsValid() || block.Type() != reflect.TypeFor[caddyfile.ServerBlock]() {
+		return "", errors.New("chatkit: this Caddy's Caddyfile adapter does not tell which site block the directive is in, " +
+			"which keeps default rate-limit zones of different sites apart; name one with rate_limit { zone <name> }, and please report this")
+	}
+	keys := block.FieldByName("Keys")
+	addresses := make([]string, keys.Len())
+	for i := range addresses {
+		addresses[i] = keys.Index(i).FieldByName("Text").String()
+	}
+	site := strings.Join(addresses, ", ")
+	if block.FieldByName("IsNamedRoute").Bool() {
+		// As written, so it never equals a site's address.
+		site = "&(" + site + ")"
+	}
+	return site, nil
 }
 
 // tokenErr attaches the file and line of tok to err, as Dispenser.Err does

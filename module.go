@@ -6,6 +6,8 @@ package chatkit
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -129,6 +131,17 @@ type Handler struct {
 	// entries, or `https://*.example.com` for its subdomains at any depth
 	// (not the bare domain; the scheme's default port unless one is written).
 	AllowOrigins []string `json:"allow_origins,omitempty"`
+
+	// The site this handler serves, used to keep default rate-limit zones
+	// apart: handlers without `rate_limit.zone` share buckets (and the
+	// budget and the revoke registry) only when they have the same site,
+	// limit the same workflow and protected paths, and have the same
+	// rate_limit and budget settings. The Caddyfile sets it to the site
+	// block's addresses (for a named route, its name). In JSON configs,
+	// give each site's handlers their own value (any string): handlers
+	// without one share with every other site-less handler that limits
+	// the same thing the same way. Name a `zone` to share on purpose.
+	Site string `json:"site,omitempty"`
 
 	// Per-client request limit on the start and refresh paths. Default: on,
 	// 10 at once then 1 per second, keyed by client IP.
@@ -312,15 +325,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// Minting needs a workflow; a handler that only protects a self-hosted
 	// ChatKit server needs neither a workflow nor an API key.
 	h.minting = h.Workflow != nil || len(h.Protect) == 0
-	zoneKey := "protect:" + strings.Join(h.Protect, ",")
 	if h.minting {
 		if err := h.provisionMinting(repl); err != nil {
 			return err
 		}
-		zoneKey = "workflow:" + h.workflowID
 		h.guard = h.newUpstreamGuard()
 	}
-	if err := h.provisionZone(zoneKey); err != nil {
+	if err := h.provisionZone(h.defaultZoneKey()); err != nil {
 		return err
 	}
 
@@ -338,6 +349,40 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.identity = newIdentitySource(h.User, h.Cookie, secret, storage)
 	return nil
+}
+
+// defaultZoneKey names the rate-limit zone of a handler without `zone`.
+// Handlers share buckets only when they serve the same site, limit the same
+// thing (the workflow and the protected paths) and limit it the same way,
+// so a default zone never joins two sites, nor handlers whose limits
+// differ; a reload that keeps all of it keeps the buckets.
+func (h *Handler) defaultZoneKey() string {
+	rl := h.RateLimit
+	if rl == nil {
+		rl = new(RateLimit)
+	}
+	key := rl.Key
+	if key == clientIPKey {
+		key = ""
+	}
+	var budget Budget
+	if h.Budget != nil {
+		budget = *h.Budget
+	}
+	// Defaults are filled in, so spelling one out changes nothing.
+	settings := fmt.Sprintf("site=%q workflow=%q protect=%q off=%t burst=%d interval=%d key=%q ipv4=%d ipv6=%d max_keys=%d budget=%d/%d",
+		h.Site, h.workflowID, h.Protect, rl.Disabled,
+		cmp.Or(rl.Burst, defaultBurst), cmp.Or(time.Duration(rl.Interval), defaultInterval), key,
+		cmp.Or(rl.IPv4Prefix, defaultIPv4Prefix), cmp.Or(rl.IPv6Prefix, defaultIPv6Prefix),
+		cmp.Or(rl.MaxKeys, defaultMaxKeys), budget.Sessions, time.Duration(budget.Interval))
+	digest := sha256.Sum256([]byte(settings))
+	scope := "protect:" + strings.Join(h.Protect, ",")
+	if h.minting {
+		scope = "workflow:" + h.workflowID
+	}
+	// Readable for logs, metrics and Redis keys; the digest tells apart
+	// what the readable part does not show.
+	return "site:" + h.Site + "|" + scope + "|" + hex.EncodeToString(digest[:8])
 }
 
 // provisionMinting resolves the key and the workflow and builds the

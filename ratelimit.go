@@ -66,8 +66,10 @@ type RateLimit struct {
 	// then the least recently used. Default: 100000.
 	MaxKeys int `json:"max_keys,omitempty"`
 
-	// Handlers naming the same zone share buckets. Default: one zone per
-	// workflow, since handlers minting for the same workflow share a bill.
+	// Handlers naming the same zone share buckets, the budget and the
+	// revoke registry, across sites too. Default: a zone of the handler's
+	// own, shared only with handlers of the same site that limit the same
+	// workflow and paths with the same settings (see the handler's `site`).
 	Zone string `json:"zone,omitempty"`
 
 	// A `redis://` or `rediss://` URL (password and db in the URL;
@@ -210,8 +212,7 @@ func (h *Handler) provisionZone(defaultZone string) error {
 			ceilSeconds(r.limit.interval*time.Duration(r.limit.burst)))
 	}
 
-	// Without a zone, handlers minting for the same workflow share one set
-	// of buckets: it is the same bill.
+	// Without a zone: the handler's own (see defaultZoneKey).
 	r.zoneKey = defaultZone
 	if rl.Zone != "" {
 		r.zoneKey = "zone:" + rl.Zone
