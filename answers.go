@@ -34,7 +34,30 @@ var (
 	answerBudgetExhausted  = answer{http.StatusServiceUnavailable, "budget_exhausted", "the site's chat budget is used up", outcomeBudgetExhausted}
 	answerLimiterDown      = answer{http.StatusServiceUnavailable, "rate_limit_unavailable", "the rate limiter is unavailable", outcomeRateLimitUnavailable}
 	answerCircuitOpen      = answer{http.StatusServiceUnavailable, "circuit_open", "the chat service is failing", outcomeCircuitOpen}
+	// Too many protected requests are still sending their bodies; the
+	// connection is closed with it, so an unread body pins no memory.
+	answerTooManyPending = answer{http.StatusServiceUnavailable, "too_many_pending", "too many requests are still being received", outcomeTooManyPending}
 )
+
+// outcomeTooManyPending belongs with the other outcomes in handler.go; it
+// is here until the answer's first user moves it.
+const outcomeTooManyPending = "too_many_pending"
+
+// allAnswers lists every answer the module can send, the failure table's
+// included: the README's error table is checked against it, and a test
+// checks that no answer literal in the package is missing from it.
+func allAnswers() []answer {
+	answers := []answer{
+		answerMethodNotAllowed, answerHealthMethod, answerOriginDenied, answerTooLarge,
+		answerUnreadableBody, answerBadRequest, answerUnauthorized, answerNoIdentity,
+		answerInternal, answerRateLimited, answerBudgetExhausted, answerLimiterDown,
+		answerCircuitOpen, answerTooManyPending,
+	}
+	for f := upstreamFailure(1); f < failureCount; f++ {
+		answers = append(answers, f.rule().answer)
+	}
+	return answers
+}
 
 // withMessage is the same answer with a message that says more.
 func (a answer) withMessage(message string) answer {
@@ -59,34 +82,65 @@ const (
 )
 
 // failureRule is everything one kind of upstream failure means, in one
-// place: the answer the browser gets, how it is logged, whether it counts
-// against the circuit breaker, and whether it is a configuration error
-// (cached for error_cache, health "degraded").
+// place: the answer the browser gets, how it is logged, what it does to the
+// circuit breaker, whether it is a configuration error (cached for
+// error_cache, health "degraded"), whether it is retried, and its metric
+// status class when there was no HTTP status.
 type failureRule struct {
 	answer        answer
 	level         zapcore.Level
 	log           string
-	tripsBreaker  bool
+	breaker       breakerEffect
 	configError   bool
-	metricClass   string // status class when there was no HTTP status
-	waitByDefault time.Duration
+	retry         retryPolicy
+	metricClass   string
+	waitByDefault time.Duration // Retry-After when OpenAI gave none; 0: no Retry-After
 }
+
+// breakerEffect is what a failure tells the circuit breaker.
+type breakerEffect uint8
+
+const (
+	// breakerResets: OpenAI answered, so it is up; the run of failures ends.
+	breakerResets breakerEffect = iota
+	// breakerCounts: one more consecutive failure towards opening.
+	breakerCounts
+	// breakerIgnores: says nothing about OpenAI (the browser left).
+	breakerIgnores
+)
+
+// retryPolicy is whether a failed attempt is tried again. OpenAI's
+// `x-should-retry` header and the statuses it refuses as such (400, 401,
+// 403, 404: never retried) are weighed in upstreamError.retryable.
+type retryPolicy uint8
+
+const (
+	// retryWhenAsked: only on `x-should-retry: true`, 408 or 409.
+	retryWhenAsked retryPolicy = iota
+	// retryUnlessRefused: unless OpenAI says `x-should-retry: false`.
+	retryUnlessRefused
+	// retryNever: no time is left, or nobody waits for the answer.
+	retryNever
+)
 
 // failureRules is indexed by upstreamFailure; failNetwork's rule is also
 // the answer for anything unclassified.
 var failureRules = [failureCount]failureRule{
 	failNetwork: {
 		answer: answer{http.StatusBadGateway, "upstream_unreachable", "the chat service could not be reached", outcomeUpstreamError},
-		level:  zapcore.WarnLevel, log: "could not reach OpenAI", tripsBreaker: true, metricClass: "error",
+		level:  zapcore.WarnLevel, log: "could not reach OpenAI",
+		breaker: breakerCounts, retry: retryUnlessRefused, metricClass: "error",
 	},
 	failTimeout: {
 		answer: answer{http.StatusGatewayTimeout, "upstream_timeout", "OpenAI did not answer in time", outcomeUpstreamTimeout},
-		level:  zapcore.WarnLevel, log: "OpenAI did not answer before the timeout", tripsBreaker: true, metricClass: "timeout",
+		level:  zapcore.WarnLevel, log: "OpenAI did not answer before the timeout",
+		breaker: breakerCounts, retry: retryNever, metricClass: "timeout",
 	},
 	failCanceled: {
 		// The browser is gone; nobody reads this, but the log says so.
 		answer: answer{499, "client_closed_request", "the client went away", outcomeClientClosed},
-		level:  zapcore.InfoLevel, log: "client went away during the upstream call", metricClass: "canceled",
+		level:  zapcore.InfoLevel, log: "client went away during the upstream call",
+		breaker: breakerIgnores, retry: retryNever, metricClass: "canceled",
 	},
 	failAuth: {
 		answer: answer{http.StatusBadGateway, "upstream_auth_failed", "the chat service is misconfigured", outcomeUpstreamError},
@@ -100,11 +154,13 @@ var failureRules = [failureCount]failureRule{
 	},
 	failRateLimited: {
 		answer: answer{http.StatusServiceUnavailable, "upstream_rate_limited", "the chat service is busy", outcomeUpstreamError},
-		level:  zapcore.WarnLevel, log: "OpenAI is rate limiting this key", waitByDefault: 5 * time.Second,
+		level:  zapcore.WarnLevel, log: "OpenAI is rate limiting this key",
+		retry: retryUnlessRefused, waitByDefault: 5 * time.Second,
 	},
 	failServer: {
 		answer: answer{http.StatusBadGateway, "upstream_error", "the chat service failed, try again shortly", outcomeUpstreamError},
-		level:  zapcore.WarnLevel, log: "OpenAI failed to create the session", tripsBreaker: true,
+		level:  zapcore.WarnLevel, log: "OpenAI failed to create the session",
+		breaker: breakerCounts, retry: retryUnlessRefused,
 	},
 	failRejected: {
 		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError},
@@ -112,7 +168,8 @@ var failureRules = [failureCount]failureRule{
 	},
 	failInvalidResponse: {
 		answer: answer{http.StatusBadGateway, "upstream_invalid_response", "the chat service answered unexpectedly", outcomeUpstreamError},
-		level:  zapcore.WarnLevel, log: "OpenAI answered with an unusable response", tripsBreaker: true,
+		level:  zapcore.WarnLevel, log: "OpenAI answered with an unusable response",
+		breaker: breakerCounts,
 	},
 }
 

@@ -141,23 +141,25 @@ func (e *upstreamError) Error() string {
 	return b.String()
 }
 
-// retryable follows OpenAI's SDKs: connection errors, 408, 409, 429 and
-// 5xx are retried unless the server says `x-should-retry: false`; requests
-// OpenAI refused as such (400, 401, 403, 404) never are.
+// retryable follows OpenAI's SDKs: requests OpenAI refused as such (400,
+// 401, 403, 404) never are; otherwise the failure's rule decides, weighing
+// OpenAI's `x-should-retry` header.
 func (e *upstreamError) retryable() bool {
 	switch e.status {
 	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
 		return false
 	}
-	if e.shouldRetry == "false" {
+	switch e.failure.rule().retry {
+	case retryNever:
 		return false
+	case retryUnlessRefused:
+		return e.shouldRetry != "false"
 	}
-	if e.shouldRetry == "true" {
-		return e.failure != failTimeout && e.failure != failCanceled
-	}
-	switch e.failure {
-	case failNetwork, failRateLimited, failServer:
+	switch e.shouldRetry {
+	case "true":
 		return true
+	case "false":
+		return false
 	}
 	return e.status == http.StatusRequestTimeout || e.status == http.StatusConflict
 }
