@@ -42,6 +42,8 @@ type upstreamGuard struct {
 	errorTTL   time.Duration // 0: configuration errors are not cached
 	onOpen     func()
 	onClose    func()
+	series     breakerSeries // set while listed in breakers
+	group      *breakerGroup
 	mu         sync.Mutex
 	failures   int
 	openUntil  time.Time
@@ -79,19 +81,23 @@ func (g *upstreamGuard) check(now time.Time) (cached *upstreamError, breakerWait
 	return nil, 0, true
 }
 
-// record updates the guard with a call's result. Canceled calls (the
-// browser left) say nothing about OpenAI and are ignored.
+// record updates the guard with a call's result, as the failure's rule
+// says: a failure counts towards opening, an answer from OpenAI ends the
+// run, and a call the browser abandoned says nothing.
 func (g *upstreamGuard) record(uerr *upstreamError, probe bool, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if probe {
 		g.probing = false
 	}
-	if uerr != nil && uerr.failure == failCanceled {
-		return
+	effect := breakerResets
+	if uerr != nil {
+		effect = uerr.failure.rule().breaker
 	}
-	if uerr == nil || !uerr.failure.rule().tripsBreaker {
-		// OpenAI answered: the service is up.
+	switch effect {
+	case breakerIgnores:
+		return
+	case breakerResets:
 		if !g.openUntil.IsZero() && g.onClose != nil {
 			g.onClose()
 		}
@@ -109,6 +115,14 @@ func (g *upstreamGuard) record(uerr *upstreamError, probe bool, now time.Time) {
 		}
 		g.openUntil = now.Add(g.cooldown)
 	}
+}
+
+// isOpen reports whether the breaker has opened and no probe has closed it
+// yet (past the cooldown it still counts as open until a probe succeeds).
+func (g *upstreamGuard) isOpen() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.openUntil.IsZero()
 }
 
 // degraded reports whether health should say "degraded".
@@ -140,18 +154,72 @@ func (h *Handler) newUpstreamGuard() *upstreamGuard {
 	if h.ErrorCache != nil {
 		g.errorTTL = time.Duration(*h.ErrorCache)
 	}
-	gauge := breakerOpen.WithLabelValues(h.workflowID)
-	gauge.Set(0) // a new config starts with a closed breaker
 	g.onOpen = func() {
-		gauge.Set(1)
 		h.logger.Warn("circuit breaker opened: OpenAI keeps failing, answering 503 until a probe succeeds",
 			zap.Duration("cooldown", g.cooldown))
 	}
 	g.onClose = func() {
-		gauge.Set(0)
 		h.logger.Info("circuit breaker closed: OpenAI answers again")
 	}
+	g.register(breakerSeries{workflow: h.workflowID, startPath: h.startPath})
 	return g
+}
+
+// breakerSeries names a handler's breaker in the metrics. It comes from the
+// config alone (never from requests), so it is stable across reloads and
+// there are no more series than chatkit blocks.
+type breakerSeries struct{ workflow, startPath string }
+
+// breakers holds the breakers of live handlers, for the metrics collector:
+// a handler's Provision adds its breaker and its Cleanup removes it, so a
+// scrape describes the running config only.
+var breakers = caddy.NewUsagePool()
+
+// breakerGroup is the breakers of the live handlers that share a series:
+// the same chat configured in two sites, or the old and the new handler
+// while a reload is under way.
+type breakerGroup struct {
+	mu     sync.Mutex
+	guards map[*upstreamGuard]struct{}
+}
+
+func (*breakerGroup) Destruct() error { return nil }
+
+// open reports whether any breaker of the group is open.
+func (b *breakerGroup) open() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for g := range b.guards {
+		if g.isOpen() {
+			return true
+		}
+	}
+	return false
+}
+
+// register lists the guard in the metrics under series.
+func (g *upstreamGuard) register(series breakerSeries) {
+	val, _, _ := breakers.LoadOrNew(series, func() (caddy.Destructor, error) {
+		return &breakerGroup{guards: make(map[*upstreamGuard]struct{})}, nil
+	})
+	group := val.(*breakerGroup)
+	group.mu.Lock()
+	group.guards[g] = struct{}{}
+	group.mu.Unlock()
+	g.series, g.group = series, group
+}
+
+// unregister removes the guard from the metrics; Cleanup calls it once,
+// and calling it again does nothing.
+func (g *upstreamGuard) unregister() {
+	if g == nil || g.group == nil {
+		return
+	}
+	g.group.mu.Lock()
+	delete(g.group.guards, g)
+	g.group.mu.Unlock()
+	_, _ = breakers.Delete(g.series)
+	g.group = nil
 }
 
 // release ends a probe that never reached OpenAI.

@@ -39,11 +39,6 @@ var (
 		Help: "Retried OpenAI calls, by operation.",
 	}, []string{"operation"})
 
-	breakerOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "chatkit", Name: "circuit_breaker_open",
-		Help: "1 while the circuit breaker in front of OpenAI is open, by workflow.",
-	}, []string{"workflow"})
-
 	budgetExhausted = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "chatkit", Name: "budget_exhausted_total",
 		Help: "Sessions refused because the site-wide budget was used up, by zone.",
@@ -61,7 +56,28 @@ var (
 
 	liveKeysDesc = prometheus.NewDesc("caddy_chatkit_ratelimit_keys",
 		"Rate-limit buckets held in memory, by zone.", []string{"zone"}, nil)
+
+	breakerOpenDesc = prometheus.NewDesc("caddy_chatkit_circuit_breaker_open",
+		"1 while the circuit breaker in front of OpenAI is open, by handler (workflow and start path).",
+		[]string{"workflow", "start_path"}, nil)
 )
+
+// breakerCollector reports the breaker of each live handler when scraped:
+// a handler that a reload removed has no series left.
+type breakerCollector struct{}
+
+func (breakerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- breakerOpenDesc }
+
+func (breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	breakers.Range(func(key, value any) bool {
+		series, open := key.(breakerSeries), 0.0
+		if value.(*breakerGroup).open() {
+			open = 1
+		}
+		ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, open, series.workflow, series.startPath)
+		return true
+	})
+}
 
 // liveKeysCollector reports each pooled zone's bucket count when scraped,
 // so nothing has to be updated on the request path.
@@ -82,7 +98,7 @@ func registerMetrics(registry prometheus.Registerer) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, protectedRequests, upstreamDuration, upstreamRetries, breakerOpen, budgetExhausted, redisErrors, redisFallbacks, liveKeysCollector{}} {
+	for _, c := range []prometheus.Collector{requestsTotal, protectedRequests, upstreamDuration, upstreamRetries, budgetExhausted, redisErrors, redisFallbacks, liveKeysCollector{}, breakerCollector{}} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -98,12 +114,14 @@ func observeUpstream(operation string, status int, uerr *upstreamError, d time.D
 	upstreamDuration.WithLabelValues(operation, statusClass(status, uerr)).Observe(d.Seconds())
 }
 
+// statusClass is the HTTP status class, or the failure's own class when
+// there was no status.
 func statusClass(status int, uerr *upstreamError) string {
-	if status == 0 {
-		if uerr != nil && uerr.failure.rule().metricClass != "" {
-			return uerr.failure.rule().metricClass
-		}
-		return "error"
+	if status != 0 {
+		return strconv.Itoa(status/100) + "xx"
 	}
-	return strconv.Itoa(status/100) + "xx"
+	if uerr != nil && uerr.failure.rule().metricClass != "" {
+		return uerr.failure.rule().metricClass
+	}
+	return failNetwork.rule().metricClass
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 )
 
 // scrapeCounter reads one sample from the admin metrics endpoint.
@@ -113,4 +115,89 @@ func TestStatusClass(t *testing.T) {
 			t.Errorf("statusClass(%d, %v) = %q, want %q", tc.status, tc.err, got, tc.want)
 		}
 	}
+}
+
+// scrapeSeries reads every series of one metric from the admin metrics
+// endpoint, keyed by its label set as exposed (`a="x",b="y"`).
+func scrapeSeries(t *testing.T, metric string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://localhost:2999/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	series := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), metric+"{")
+		if !ok {
+			continue
+		}
+		labels, value, ok := strings.Cut(rest, "} ")
+		if !ok {
+			t.Fatalf("cannot parse %q", sc.Text())
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		series[labels] = v
+	}
+	return series
+}
+
+// breakerLabels is how the breaker gauge names a handler.
+func breakerLabels(workflow, startPath string) string {
+	return `start_path="` + startPath + `",workflow="` + workflow + `"`
+}
+
+func TestBreakerMetricDescribesLiveHandlers(t *testing.T) {
+	fake := newFake(t)
+	// Two minting handlers in one site, each with its own paths.
+	site := func(alphaWorkflow string) {
+		t.Helper()
+		block := func(workflow, prefix, extra string) string {
+			return "chatkit {\n\t\tapi_base " + fake.URL() + "\n\t\tapi_key " + fakeopenai.DefaultAPIKey +
+				"\n\t\tworkflow " + workflow + "\n\t\tstart_path " + prefix + "/start\n\t\trefresh_path " + prefix + "/refresh" +
+				"\n\t\thealth_path off\n\t\tretries 0\n\t\trate_limit off\n\t\t" + extra + "\n\t}"
+		}
+		config := caddyConfig("", "", "")
+		config = strings.Replace(config, "chatkit {\n\t\t\n\t}", block(alphaWorkflow, "/alpha", "")+"\n\t"+block("wf_beta", "/beta", "circuit_breaker 1 1h"), 1)
+		newTester(t, config)
+	}
+	const metric = "caddy_chatkit_circuit_breaker_open"
+	expect := func(when string, want map[string]float64) {
+		t.Helper()
+		got := scrapeSeries(t, metric)
+		if len(got) != len(want) {
+			t.Fatalf("%s: %s series %v, want %v", when, metric, got, want)
+		}
+		for labels, v := range want {
+			if g, ok := got[labels]; !ok || g != v {
+				t.Fatalf("%s: %s series %v, want %v", when, metric, got, want)
+			}
+		}
+	}
+
+	site("wf_alpha")
+	alpha, beta := breakerLabels("wf_alpha", "/alpha/start"), breakerLabels("wf_beta", "/beta/start")
+	expect("two handlers", map[string]float64{alpha: 0, beta: 0})
+
+	// One failure opens beta's breaker (failures 1); alpha's stays closed.
+	c := client(t)
+	fake.Inject(fakeopenai.Fault{Status: 500})
+	expectError(t, do(t, c, "POST", "/beta/start", ""), http.StatusBadGateway, "upstream_error")
+	expectError(t, do(t, c, "POST", "/beta/start", ""), http.StatusServiceUnavailable, "circuit_open")
+	expectSecret(t, do(t, c, "POST", "/alpha/start", ""), fake)
+	expect("beta open", map[string]float64{alpha: 0, beta: 1})
+
+	// A reload that renames alpha's workflow leaves no series for the old
+	// one; beta's new handler starts closed.
+	site("wf_gamma")
+	expect("after the reload", map[string]float64{breakerLabels("wf_gamma", "/alpha/start"): 0, beta: 0})
+
+	// A config without a minting handler has no breaker series at all.
+	newTester(t, caddyConfig("", "protect /chatkit\n\t\trate_limit off", ""))
+	expect("without minting handlers", map[string]float64{})
 }
