@@ -45,8 +45,42 @@ func init() {
 // Handler mints ChatKit client secrets for the browser. POST requests to
 // the start and refresh paths create a ChatKit session upstream with the
 // server's API key, the configured workflow and the end user's id, and answer
-// `{"client_secret": "...", "expires_at": <unix>}`. Every other path is passed
+// `{"client_secret": "...", "expires_at": <unix>}`. Requests on `protect`
+// paths get the same origin rules, limits and identity, then go to the next
+// handler with the user in the identity header. Every other path is passed
 // to the next handler untouched.
+//
+// # Placeholders
+//
+// Set on every request the module handles, for access logs (`log_append`)
+// and later handlers; on protect paths they are set before the backend runs
+// (outcome `proxied`) and updated once it has answered:
+//
+//	{http.chatkit.outcome}     what happened: success, rate_limited, upstream_error, proxied, ...
+//	                           (the list is in the README, "Observability")
+//	{http.chatkit.session_id}  the ChatKit session minted (cksess_...), empty otherwise
+//	{http.chatkit.user_hash}   a short, non-reversible hash of the user id, empty if none
+//
+// # Errors
+//
+// The module answers its own errors itself: a JSON body
+// `{"error","message","request_id"}` with the status of the README's error
+// table, the CORS headers the origin is allowed, `Cache-Control: no-store`,
+// and `Retry-After` on every answer that can be retried. It then returns
+// nil, so `handle_errors` never sees these answers and Caddy's error
+// pages never replace them. The one error returned to Caddy is the
+// backend's own, on a protect path (for example reverse_proxy's 502 when
+// the self-hosted server is down): that one reaches `handle_errors`.
+//
+// # Directive order
+//
+// The `chatkit` directive is ordered before `handle`: after `rewrite`,
+// `uri`, `try_files`, `header`, `request_body` and `basic_auth` (so `user
+// {http.auth.user.id}` sees the signed-in user), ahead of `handle`,
+// `respond`, `reverse_proxy`, `php_fastcgi` and `file_server`. The module
+// recognizes its own paths on the request as it arrived, before any
+// rewrite, so a site-wide `try_files {path} {path}/ /index.php?{query}`
+// (WordPress) does not hide them.
 type Handler struct {
 	// The OpenAI API key. Default: `{env.OPENAI_API_KEY}`. Placeholders
 	// (`{env.*}`, `{file.*}`) are resolved when the config is loaded; prefer
@@ -193,6 +227,10 @@ type Handler struct {
 	upstream         *upstreamClient
 	identity         *identitySource
 	logger           *zap.Logger
+
+	// beforeRevoke, when set (by tests only), runs first in each
+	// background session cancel.
+	beforeRevoke func()
 }
 
 // Workflow names the Agent Builder workflow sessions run.
@@ -453,6 +491,7 @@ func (h *Handler) Cleanup() error {
 		h.stopBackground()
 		h.background.Wait()
 	}
+	h.guard.unregister()
 	h.cleanupRateLimit()
 	if h.upstream != nil {
 		h.upstream.close()

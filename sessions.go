@@ -109,6 +109,9 @@ func (h *Handler) revokeInBackground(sess issuedSession, requestID string) {
 	go func() {
 		defer h.background.Done()
 		defer recoverInto(h.logger, "cancel replaced session")
+		if h.beforeRevoke != nil {
+			h.beforeRevoke()
+		}
 		ctx, cancel := context.WithTimeout(h.backgroundCtx, h.timeout)
 		defer cancel()
 		call, uerr := h.upstream.cancelSession(ctx, sess.sessionID)

@@ -1,9 +1,16 @@
 package chatkit
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func TestSessionRegistry(t *testing.T) {
@@ -51,4 +58,80 @@ func TestSessionRegistryStoresNoSecrets(t *testing.T) {
 			t.Fatal("the registry is not keyed by the secret's digest")
 		}
 	}
+}
+
+// liveHandlers returns the chatkit handlers of the running config, as Caddy
+// provisioned them.
+func liveHandlers(t *testing.T) []*Handler {
+	t.Helper()
+	app, err := caddy.ActiveContext().AppIfConfigured("http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []*Handler
+	var walk func(routes caddyhttp.RouteList)
+	walk = func(routes caddyhttp.RouteList) {
+		for _, route := range routes {
+			for _, mh := range route.Handlers {
+				switch h := mh.(type) {
+				case *Handler:
+					found = append(found, h)
+				case *caddyhttp.Subroute:
+					walk(h.Routes)
+				}
+			}
+		}
+	}
+	for _, srv := range app.(*caddyhttp.App).Servers {
+		walk(srv.Routes)
+	}
+	return found
+}
+
+func TestRevokePanicIsLoggedAndCaddyKeepsServing(t *testing.T) {
+	fake := newFake(t)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startSite(t, fake, jsonLogTo(logFile), "revoke_on_refresh on", "")
+	handlers := liveHandlers(t)
+	if len(handlers) != 1 {
+		t.Fatalf("%d chatkit handlers running, want 1", len(handlers))
+	}
+	// Set before any request reaches the handler.
+	handlers[0].beforeRevoke = func() { panic("injected: a bug in the background cancel") }
+
+	browser := client(t)
+	secret := expectSecret(t, do(t, browser, "POST", "/api/chatkit/start", ""), fake)
+	expectSecret(t, do(t, browser, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+secret+`"}`), fake)
+
+	// The panic is logged, with what it interrupted and where.
+	var logged map[string]any
+	for deadline := time.Now().Add(5 * time.Second); logged == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the panic in the background cancel was not logged")
+		}
+		raw, err := os.ReadFile(logFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(string(raw)) {
+			if strings.Contains(line, "injected: a bug") && strings.HasSuffix(line, "\n") {
+				if err := json.Unmarshal([]byte(line), &logged); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if logged["level"] != "error" || logged["task"] != "cancel replaced session" || !strings.Contains(logged["stack"].(string), "revokeInBackground") {
+		t.Fatalf("panic log entry = %v", logged)
+	}
+	if n := countCancels(fake); n != 0 {
+		t.Fatalf("%d cancels reached OpenAI past the panic", n)
+	}
+
+	// Caddy still serves, and a reload (whose cleanup waits for background
+	// work) completes: the goroutine ended.
+	expectSecret(t, do(t, browser, "POST", "/api/chatkit/start", ""), fake)
+	startSite(t, fake, jsonLogTo(logFile), "", "")
+	expectSecret(t, do(t, browser, "POST", "/api/chatkit/start", ""), fake)
+	assertNoLeakedGoroutines(t)
 }
