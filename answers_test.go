@@ -175,8 +175,12 @@ func TestFailureRulesDecideEverything(t *testing.T) {
 			t.Errorf("failure %d: health degraded %v after one, rule's config error %v", f, fresh.degraded(now), rule.configError)
 		}
 
-		if got, want := uerr.retryable(), rule.retry == retryUnlessRefused; got != want {
-			t.Errorf("failure %d without a status: retryable %v, rule says %d", f, got, rule.retry)
+		// Retries, without a status that OpenAI's SDKs never retry.
+		for _, header := range []string{"", "true", "false"} {
+			want := map[string]bool{"": rule.retry == retryUnlessRefused, "true": rule.retry != retryNever, "false": false}[header]
+			if got := (&upstreamError{failure: f, shouldRetry: header}).retryable(); got != want {
+				t.Errorf("failure %d with x-should-retry %q: retryable %v, rule says %d", f, header, got, rule.retry)
+			}
 		}
 		if rule.metricClass != "" && statusClass(0, uerr) != rule.metricClass {
 			t.Errorf("failure %d: status class %q, rule says %q", f, statusClass(0, uerr), rule.metricClass)
