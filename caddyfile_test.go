@@ -784,10 +784,12 @@ func cfProvision(t *testing.T, h *Handler) error {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
+	// As Caddy does, Cleanup follows a failed Provision too: it releases
+	// what provisioning took (pooled zones, the breaker's metrics entry).
+	defer h.Cleanup()
 	if err := h.Provision(ctx); err != nil {
 		return err
 	}
-	defer h.Cleanup()
 	return h.Validate()
 }
 
