@@ -161,14 +161,15 @@ func (h *Handler) newUpstreamGuard() *upstreamGuard {
 	g.onClose = func() {
 		h.logger.Info("circuit breaker closed: OpenAI answers again")
 	}
-	g.register(breakerSeries{workflow: h.workflowID, startPath: h.startPath})
+	g.register(breakerSeries{site: h.Site, workflow: h.workflowID, startPath: h.startPath})
 	return g
 }
 
-// breakerSeries names a handler's breaker in the metrics. It comes from the
-// config alone (never from requests), so it is stable across reloads and
-// there are no more series than chatkit blocks.
-type breakerSeries struct{ workflow, startPath string }
+// breakerSeries names a handler's breaker in the metrics: its site, workflow
+// and start path. It comes from the config alone (never from requests), so
+// it is stable across reloads and there are no more series than chatkit
+// blocks.
+type breakerSeries struct{ site, workflow, startPath string }
 
 // breakers holds the breakers of live handlers, for the metrics collector:
 // a handler's Provision adds its breaker and its Cleanup removes it, so a
@@ -176,8 +177,8 @@ type breakerSeries struct{ workflow, startPath string }
 var breakers = caddy.NewUsagePool()
 
 // breakerGroup is the breakers of the live handlers that share a series:
-// the same chat configured in two sites, or the old and the new handler
-// while a reload is under way.
+// the old and the new handler while a reload is under way, or JSON configs
+// that leave site unset.
 type breakerGroup struct {
 	mu     sync.Mutex
 	guards map[*upstreamGuard]struct{}

@@ -58,8 +58,8 @@ var (
 		"Rate-limit buckets held in memory, by zone.", []string{"zone"}, nil)
 
 	breakerOpenDesc = prometheus.NewDesc("caddy_chatkit_circuit_breaker_open",
-		"1 while the circuit breaker in front of OpenAI is open, by handler (workflow and start path).",
-		[]string{"workflow", "start_path"}, nil)
+		"1 while the circuit breaker in front of OpenAI is open, by handler (site, workflow and start path).",
+		[]string{"site", "workflow", "start_path"}, nil)
 )
 
 // breakerCollector reports the breaker of each live handler when scraped:
@@ -74,7 +74,7 @@ func (breakerCollector) Collect(ch chan<- prometheus.Metric) {
 		if value.(*breakerGroup).open() {
 			open = 1
 		}
-		ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, open, series.workflow, series.startPath)
+		ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, open, series.site, series.workflow, series.startPath)
 		return true
 	})
 }

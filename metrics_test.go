@@ -147,9 +147,10 @@ func scrapeSeries(t *testing.T, metric string) map[string]float64 {
 	return series
 }
 
-// breakerLabels is how the breaker gauge names a handler.
-func breakerLabels(workflow, startPath string) string {
-	return `start_path="` + startPath + `",workflow="` + workflow + `"`
+// breakerLabels is how the breaker gauge names a handler of the site
+// caddyConfig writes.
+func breakerLabels(site, workflow, startPath string) string {
+	return `site="` + site + `",start_path="` + startPath + `",workflow="` + workflow + `"`
 }
 
 func TestBreakerMetricDescribesLiveHandlers(t *testing.T) {
@@ -181,7 +182,7 @@ func TestBreakerMetricDescribesLiveHandlers(t *testing.T) {
 	}
 
 	site("wf_alpha")
-	alpha, beta := breakerLabels("wf_alpha", "/alpha/start"), breakerLabels("wf_beta", "/beta/start")
+	alpha, beta := breakerLabels(siteURL, "wf_alpha", "/alpha/start"), breakerLabels(siteURL, "wf_beta", "/beta/start")
 	expect("two handlers", map[string]float64{alpha: 0, beta: 0})
 
 	// One failure opens beta's breaker (failures 1); alpha's stays closed.
@@ -195,7 +196,18 @@ func TestBreakerMetricDescribesLiveHandlers(t *testing.T) {
 	// A reload that renames alpha's workflow leaves no series for the old
 	// one; beta's new handler starts closed.
 	site("wf_gamma")
-	expect("after the reload", map[string]float64{breakerLabels("wf_gamma", "/alpha/start"): 0, beta: 0})
+	expect("after the reload", map[string]float64{breakerLabels(siteURL, "wf_gamma", "/alpha/start"): 0, beta: 0})
+
+	// The same block in two sites: two handlers, two series.
+	block := "chatkit {\n\t\tapi_base " + fake.URL() + "\n\t\tapi_key " + fakeopenai.DefaultAPIKey + "\n\t\tworkflow wf_alpha\n\t\trate_limit off\n\t}\n\trespond \"next\"\n"
+	config := caddyConfig("", "", "")
+	config = config[:strings.Index(config, "http://localhost:9080 {")] +
+		"http://localhost:9080 {\n\t" + block + "}\nhttp://127.0.0.1:9080 {\n\t" + block + "}\n"
+	newTester(t, config)
+	expect("one block in two sites", map[string]float64{
+		breakerLabels(siteURL, "wf_alpha", "/api/chatkit/start"):                 0,
+		breakerLabels("http://127.0.0.1:9080", "wf_alpha", "/api/chatkit/start"): 0,
+	})
 
 	// A config without a minting handler has no breaker series at all.
 	newTester(t, caddyConfig("", "protect /chatkit\n\t\trate_limit off", ""))
