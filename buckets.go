@@ -4,7 +4,9 @@ package chatkit
 //
 // Each key owns a token bucket with continuous refill, implemented as GCRA
 // (the generic cell rate algorithm): the only per-key state is one int64
-// time in unix nanoseconds, so no fractions of a token are ever lost.
+// time in nanoseconds, so no fractions of a token are ever lost. Times are
+// on a monotonic base (monoClock), never the wall clock: a wall-clock step
+// back would otherwise refuse every recent client for as long as the step.
 //
 // The store is sharded (numShards shards chosen by hash bits, one mutex
 // each) and bounded: every shard holds at most ceil(maxKeys/numShards)
@@ -104,6 +106,18 @@ func stringBucketKey(s string) bucketKey {
 	k[15] |= 1
 	return k
 }
+
+// monoClock turns times into int64 nanoseconds since a fixed epoch. When
+// both carry Go's monotonic clock reading (time.Now's do), t.Sub uses it
+// alone, so stepping the wall clock (NTP, a resumed VM) moves nothing;
+// t.UnixNano would drop it. Times without one (injected in tests) are
+// compared by their wall readings.
+type monoClock struct{ epoch time.Time }
+
+func newMonoClock() monoClock { return monoClock{epoch: time.Now()} }
+
+// nanos returns t as nanoseconds since the epoch (saturated at ±292 years).
+func (c monoClock) nanos(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
 
 // limit allows burst requests at once, then one more per interval.
 // A burst below 1 counts as 1 and an interval below 1ns as 1ns.
@@ -222,7 +236,7 @@ const (
 // entry is one bucket: 32 bytes including the key.
 type entry struct {
 	key     bucketKey
-	allowAt int64  // GCRA state, unix ns
+	allowAt int64  // GCRA state, ns on the caller's monotonic base
 	prev    uint32 // more recently used neighbour (0: sentinel); freeSlot: slot is free
 	next    uint32 // less recently used neighbour (0: sentinel); free list link when free
 }
@@ -295,7 +309,8 @@ func (s *bucketStore) shardOf(h uint64) *shard {
 	return &s.shards[h>>(64-shardBits)].shard
 }
 
-// allow decides a request by key at now (unix ns) under limit l. An allowed
+// allow decides a request by key at now (ns on a monotonic base, the same
+// for every call on this store) under limit l. An allowed
 // request costs one token; a refused one costs nothing. An unknown key starts
 // as a full bucket (and this request spends a token from it).
 func (s *bucketStore) allow(key bucketKey, l limit, now int64) decision {

@@ -83,12 +83,15 @@ type RateLimit struct {
 	OnRedisError string `json:"on_redis_error,omitempty"`
 }
 
-// Budget is a site-wide ceiling on sessions minted, shared by every client.
+// Budget is a site-wide ceiling on sessions minted, shared by every client:
+// at most `sessions` in any window of length `interval` (an exact sliding
+// window, not a bucket). Handlers sharing a zone share its budget.
 type Budget struct {
-	// Sessions allowed per interval.
+	// Sessions allowed in any window of the interval, at most 1000000 (the
+	// budget keeps the time of each one still in the window).
 	Sessions int `json:"sessions"`
 
-	// The window the sessions are counted over.
+	// The length of the window the sessions are counted over.
 	Interval caddy.Duration `json:"interval"`
 }
 
@@ -96,47 +99,81 @@ type Budget struct {
 // budget and the registry of issued sessions. A janitor it owns stops when
 // the last config using it goes.
 type limiterZone struct {
+	// clock is the zone's time base for buckets and the budget: it lives as
+	// long as they do, across reloads, and does not follow wall-clock steps.
+	clock   monoClock
 	buckets *bucketStore
-	// budget is a one-bucket store: the site-wide ceiling is a token bucket
-	// like any client's, under the zero key.
-	budget         *bucketStore
+	budget  admissionLog
+	// budgetWarnTill is when (on clock) the next "budget exhausted"
+	// warning may be logged.
 	budgetWarnTill atomic.Int64
 	// limit is the most lenient per-client limit among the configs that
 	// used the zone, which the janitor needs to tell refilled buckets.
 	limit    atomic.Pointer[limit]
 	sessions *sessionRegistry
-	stop     chan struct{}
-	done     chan struct{}
+	// logger is the newest config's (the zone outlives the others), for
+	// the janitor.
+	logger atomic.Pointer[zap.Logger]
+	// sweepHook, set only by tests before the janitor starts, runs at the
+	// start of every sweep.
+	sweepHook func()
+	stop      chan struct{}
+	done      chan struct{}
 }
 
+// newLimiterZone returns a zone with its janitor running.
 func newLimiterZone(maxKeys int, now func() time.Time) *limiterZone {
+	z := makeLimiterZone(maxKeys)
+	ticker := time.NewTicker(janitorPeriod)
+	go func() {
+		defer ticker.Stop()
+		z.janitor(now, ticker.C)
+	}()
+	return z
+}
+
+// makeLimiterZone returns a zone whose janitor is not started yet.
+func makeLimiterZone(maxKeys int) *limiterZone {
 	z := &limiterZone{
+		clock:    newMonoClock(),
 		buckets:  newBucketStore(maxKeys),
-		budget:   newBucketStore(1),
 		sessions: newSessionRegistry(maxRegisteredSessions),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	go z.janitor(now)
+	z.budgetWarnTill.Store(math.MinInt64)
+	z.logger.Store(zap.NewNop())
 	return z
 }
 
-func (z *limiterZone) janitor(now func() time.Time) {
+// janitor sweeps at every tick until the zone is destructed.
+func (z *limiterZone) janitor(now func() time.Time, ticks <-chan time.Time) {
 	defer close(z.done)
-	ticker := time.NewTicker(janitorPeriod)
-	defer ticker.Stop()
+	defer recoverInto(z.logger.Load(), "rate-limit janitor")
 	for {
 		select {
 		case <-z.stop:
 			return
-		case <-ticker.C:
-			t := now()
-			if l := z.limit.Load(); l != nil {
-				z.buckets.sweep(t.UnixNano(), *l)
-			}
-			z.sessions.forgetExpired(t)
+		case <-ticks:
+			z.sweep(now)
 		}
 	}
+}
+
+// sweep drops refilled buckets and expired sessions. A panic here is
+// logged (by the newest config's logger) and the janitor carries on:
+// memory stays bounded by max_keys without it, so it is no reason to take
+// Caddy down.
+func (z *limiterZone) sweep(now func() time.Time) {
+	defer recoverInto(z.logger.Load(), "rate-limit janitor sweep")
+	if z.sweepHook != nil {
+		z.sweepHook()
+	}
+	t := now()
+	if l := z.limit.Load(); l != nil {
+		z.buckets.sweep(z.clock.nanos(t), *l)
+	}
+	z.sessions.forgetExpired(t)
 }
 
 // keepLenientLimit records l for the janitor if it lets buckets hold more
@@ -175,7 +212,7 @@ type rateLimiter struct {
 	ipv4Prefix int
 	ipv6Prefix int
 	policy     string // the RateLimit-Policy header value
-	budget     *limit
+	budget     *windowLimit
 	redis      *redisBackend // nil: in-process only
 	logger     *zap.Logger
 }
@@ -204,8 +241,7 @@ func (h *Handler) provisionZone(defaultZone string) error {
 	// got here.
 	maxKeys := cmp.Or(rl.MaxKeys, defaultMaxKeys)
 	if b := h.Budget; b != nil {
-		// n sessions per interval: a bucket of n refilled over the interval.
-		r.budget = &limit{burst: b.Sessions, interval: max(time.Duration(b.Interval)/time.Duration(b.Sessions), 1)}
+		r.budget = &windowLimit{n: b.Sessions, interval: time.Duration(b.Interval)}
 	}
 	if !rl.Disabled {
 		r.policy = fmt.Sprintf("%s;q=%d;w=%d", rateLimitPolicyName, r.limit.burst,
@@ -224,6 +260,7 @@ func (h *Handler) provisionZone(defaultZone string) error {
 		return err
 	}
 	r.zone = val.(*limiterZone)
+	r.zone.logger.Store(h.logger)
 	h.limiter = r
 	if rl.Redis != "" {
 		if r.redis, err = newRedisBackend(rl.Redis, r.zoneKey, rl.OnRedisError, h.logger); err != nil {
@@ -317,7 +354,11 @@ func (r *rateLimiter) chargeClient(ctx context.Context, req *http.Request, repl 
 		return limitVerdict{}, rateLimitState{}
 	}
 	key := r.clientKey(req, repl)
-	d, ok := r.decideShared(ctx, r.redisKeyPrefix()+hex.EncodeToString(key[:]), r.zone.buckets, key, r.limit, now)
+	d, ok := r.decideShared(ctx, now,
+		func(ctx context.Context, b *redisBackend) (decision, error) {
+			return b.run(ctx, b.prefix+hex.EncodeToString(key[:]), r.limit, now)
+		},
+		func() decision { return r.zone.buckets.allow(key, r.limit, r.zone.clock.nanos(now)) })
 	if !ok {
 		return limitVerdict{result: limitUnavailable, retryAfter: redisRetryBackoff}, rateLimitState{policy: r.policy}
 	}
@@ -337,19 +378,20 @@ func (r *rateLimiter) peekClient(req *http.Request, repl *caddy.Replacer, now ti
 	}
 	st := rateLimitState{policy: r.policy}
 	if r.redis == nil {
-		st.state = rateLimitHeader(r.zone.buckets.peek(r.clientKey(req, repl), r.limit, now.UnixNano()))
+		st.state = rateLimitHeader(r.zone.buckets.peek(r.clientKey(req, repl), r.limit, r.zone.clock.nanos(now)))
 	}
 	return st
 }
 
-// decideShared spends one token from a bucket: in Redis when configured,
-// and in this instance's store otherwise or while Redis is down (unless
-// on_redis_error is deny, in which case ok is false). Clients' buckets and
-// the budget both go through here.
-func (r *rateLimiter) decideShared(ctx context.Context, redisKey string, store *bucketStore, key bucketKey, l limit, now time.Time) (d decision, ok bool) {
+// decideShared makes a decision that instances share: remote, in Redis,
+// when configured, and local, in this instance's zone, otherwise or while
+// Redis is down (unless on_redis_error is deny, in which case ok is false).
+// Clients' buckets and the budget both go through here.
+func (r *rateLimiter) decideShared(ctx context.Context, now time.Time,
+	remote func(context.Context, *redisBackend) (decision, error), local func() decision) (d decision, ok bool) {
 	if b := r.redis; b != nil {
 		if b.usable(now) {
-			d, err := b.run(ctx, redisKey, l, now)
+			d, err := remote(ctx, b)
 			if err == nil {
 				return d, true
 			}
@@ -359,15 +401,7 @@ func (r *rateLimiter) decideShared(ctx context.Context, redisKey string, store *
 		}
 		redisFallbacks.Inc()
 	}
-	return store.allow(key, l, now.UnixNano()), true
-}
-
-// redisKeyPrefix namespaces the zone's keys in Redis ("" without Redis).
-func (r *rateLimiter) redisKeyPrefix() string {
-	if r.redis == nil {
-		return ""
-	}
-	return r.redis.prefix
+	return local(), true
 }
 
 func rateLimitHeader(d decision) string {
@@ -385,19 +419,24 @@ func (r *rateLimiter) spendBudget(ctx context.Context, now time.Time) limitVerdi
 	if r.budget == nil {
 		return limitVerdict{}
 	}
-	d, ok := r.decideShared(ctx, r.redisKeyPrefix()+"budget", r.zone.budget, bucketKey{}, *r.budget, now)
+	d, ok := r.decideShared(ctx, now,
+		func(ctx context.Context, b *redisBackend) (decision, error) {
+			return b.admitWindow(ctx, b.prefix+budgetRedisKey, *r.budget, now)
+		},
+		func() decision { return r.zone.budget.admit(*r.budget, r.zone.clock.nanos(now)) })
 	if !ok {
 		return limitVerdict{result: limitUnavailable, retryAfter: redisRetryBackoff}
 	}
 	if d.allowed {
 		return limitVerdict{}
 	}
-	// One warning per exhausted window, not one per refused request.
+	// One warning per window, not one per refused request.
 	warned := &r.zone.budgetWarnTill
-	if till, ns := warned.Load(), now.UnixNano(); ns >= till &&
-		warned.CompareAndSwap(till, ns+int64(r.budget.interval)*int64(r.budget.burst)) {
-		r.logger.Warn("site-wide budget exhausted: refusing new ChatKit sessions and model runs until it refills",
-			zap.Int("budget", r.budget.burst), zap.Duration("retry_after", d.retryAfter))
+	if till, ns := warned.Load(), r.zone.clock.nanos(now); ns >= till &&
+		warned.CompareAndSwap(till, addSat(ns, int64(r.budget.interval))) {
+		r.logger.Warn("site-wide budget exhausted: refusing new ChatKit sessions and model runs until the oldest leaves the window",
+			zap.Int("budget", r.budget.n), zap.Duration("interval", r.budget.interval),
+			zap.Duration("retry_after", d.retryAfter))
 	}
 	budgetExhausted.WithLabelValues(r.zoneKey).Inc()
 	return limitVerdict{result: limitBudgetExhausted, retryAfter: d.retryAfter}

@@ -1,10 +1,29 @@
 package chatkit
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 )
 
 // Integration tests of the limiter through a real Caddy. Each test names
@@ -126,7 +145,8 @@ func TestRateLimitKeyPlaceholder(t *testing.T) {
 
 func TestBudgetCapsSessionsAcrossClients(t *testing.T) {
 	fake := newFake(t)
-	startSite(t, fake, "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}",
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startSite(t, fake, "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n\tlog {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t}",
 		"rate_limit 5 1s {\n\t\t\tzone budget-test\n\t\t}\n\t\tbudget 3 1h", "")
 	c := client(t)
 	for i := 0; i < 3; i++ {
@@ -134,12 +154,30 @@ func TestBudgetCapsSessionsAcrossClients(t *testing.T) {
 	}
 	r := do(t, c, "POST", "/api/chatkit/start", "", "X-Forwarded-For", "192.0.2.99")
 	expectError(t, r, http.StatusServiceUnavailable, "budget_exhausted")
-	wait, err := strconv.Atoi(r.header.Get("Retry-After"))
-	if err != nil || wait < 1 || wait > 1200 {
-		t.Fatalf("Retry-After = %q, want up to one refill (1200s)", r.header.Get("Retry-After"))
+	// Exactly when the first session leaves the hour: it was minted a
+	// moment ago, so (rounded up) the whole hour.
+	if got := r.header.Get("Retry-After"); got != "3600" && got != "3599" {
+		t.Fatalf("Retry-After = %q, want 3600 (the oldest session leaves the window in an hour)", got)
 	}
 	if fake.CreateCount() != 3 {
 		t.Fatalf("upstream got %d calls, want 3", fake.CreateCount())
+	}
+	// The refusals are counted; the log warns once for the window.
+	series := `caddy_chatkit_budget_exhausted_total{zone="zone:budget-test"}`
+	before := scrapeCounter(t, series)
+	for i := 0; i < 3; i++ {
+		expectError(t, do(t, c, "POST", "/api/chatkit/start", "", "X-Forwarded-For", "192.0.2.98"),
+			http.StatusServiceUnavailable, "budget_exhausted")
+	}
+	if got := scrapeCounter(t, series); got != before+3 {
+		t.Fatalf("%s = %v, want %v", series, got, before+3)
+	}
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(raw), "site-wide budget exhausted"); n != 1 {
+		t.Fatalf("%d budget warnings for four refusals in one window, want 1", n)
 	}
 }
 
@@ -160,5 +198,282 @@ func TestRateLimitHeadersOnFreeAnswers(t *testing.T) {
 	expectRateLimitHeaders(t, r, 2, 120, 0)
 	if !strings.HasSuffix(r.header.Get("RateLimit"), ";t=60") {
 		t.Fatalf("RateLimit = %q, want the next token in 60s", r.header.Get("RateLimit"))
+	}
+}
+
+// ---- limiter outside Caddy, on an injected clock -------------------------
+
+// testClock is an injectable clock (the janitor reads it concurrently).
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock(t time.Time) *testClock { return &testClock{t: t} }
+
+func (c *testClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// wallSteppedBack returns what time.Now() returns at `at` once the system
+// clock has been stepped back by d (NTP, a resumed VM): at's monotonic
+// reading with a wall reading d earlier. The time package has no way to
+// build one, so this edits its representation (wall: the hasMonotonic bit,
+// 33 bits of seconds, 30 of nanoseconds; ext: the monotonic reading), then
+// checks the result through the public API, so a change of layout fails
+// the test instead of fooling it.
+func wallSteppedBack(t *testing.T, at time.Time, d time.Duration) time.Time {
+	t.Helper()
+	type timeRep struct {
+		wall uint64
+		ext  int64
+		loc  *time.Location
+	}
+	if unsafe.Sizeof(at) != unsafe.Sizeof(timeRep{}) || d%time.Second != 0 || d < 0 {
+		t.Fatal("wallSteppedBack: unexpected time.Time layout or step")
+	}
+	stepped := at
+	rep := (*timeRep)(unsafe.Pointer(&stepped))
+	if rep.wall&(1<<63) == 0 {
+		t.Fatal("wallSteppedBack: the time has no monotonic reading")
+	}
+	rep.wall -= uint64(d/time.Second) << 30
+	if !stepped.Round(0).Equal(at.Round(0).Add(-d)) || stepped.Sub(at) != 0 || !strings.Contains(stepped.String(), " m=") {
+		t.Fatalf("wallSteppedBack: got %v from %v", stepped, at)
+	}
+	return stepped
+}
+
+func TestWallSteppedBackIsWhatItSays(t *testing.T) {
+	at := time.Now()
+	later := wallSteppedBack(t, at.Add(time.Second), time.Hour)
+	if got := later.Sub(at); got != time.Second {
+		t.Fatalf("monotonic reading moved %v, want 1s", got)
+	}
+	if got := later.UnixNano() - at.UnixNano(); got != int64(time.Second-time.Hour) {
+		t.Fatalf("wall reading moved %v, want 1s-1h", time.Duration(got))
+	}
+}
+
+// unitHandler provisions a minting handler outside Caddy (as Caddy would:
+// Provision, then Validate) on an injected clock, against the fake.
+// extra is more JSON fields, each with a leading comma.
+func unitHandler(t *testing.T, fake *fakeopenai.Server, now func() time.Time, extra string) *Handler {
+	t.Helper()
+	raw := `{"api_base":"` + fake.URL() + `","api_key":"` + fakeopenai.DefaultAPIKey +
+		`","workflow":{"id":"wf_unit"},"cookie":{"secret":"0123456789abcdef0123456789abcdef"}` + extra + `}`
+	h := new(Handler)
+	if err := json.Unmarshal([]byte(raw), h); err != nil {
+		t.Fatal(err)
+	}
+	h.now = now
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// serveUnit sends one request from peer (an IP) through h.
+func serveUnit(t *testing.T, h *Handler, method, path, peer string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest(method, path, nil)
+	r.RemoteAddr = net.JoinHostPort(peer, "40000")
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), nil, nil)
+	w := httptest.NewRecorder()
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func expectUnitStatus(t *testing.T, w *httptest.ResponseRecorder, status int, what string) {
+	t.Helper()
+	if w.Code != status {
+		t.Fatalf("%s: status %d, want %d (%s)", what, w.Code, status, w.Body)
+	}
+}
+
+func TestBudgetExactAcrossWindowEdge(t *testing.T) {
+	fake := newFake(t)
+	start := time.Unix(1_700_000_000, 0)
+	clock := newTestClock(start)
+	h := unitHandler(t, fake, clock.now, `,"rate_limit":{"burst":100,"zone":"budget-edge-test"},"budget":{"sessions":3,"interval":"1h"}`)
+	// Three sessions at the very end of one hour...
+	clock.set(start.Add(time.Hour - 3*time.Second))
+	for i := range 3 {
+		expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), 200, "end of the first hour")
+		if i < 2 {
+			clock.advance(time.Second)
+		}
+	}
+	// ...and none at the start of the next, nor until the first of them
+	// is an hour old (a bucket of 3 refilled over the hour let 2 more in
+	// by then). Retry-After counts down to exactly that moment.
+	for _, at := range []time.Duration{time.Hour, time.Hour + 20*time.Minute, 2*time.Hour - 3*time.Second - time.Millisecond} {
+		clock.set(start.Add(at))
+		w := serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.2")
+		expectUnitStatus(t, w, http.StatusServiceUnavailable, "the next hour")
+		want := time.Duration(2*time.Hour - 3*time.Second - at)
+		if got := w.Header().Get("Retry-After"); got != retryAfterSeconds(want) {
+			t.Fatalf("at +%v: Retry-After %s, want %s", at, got, retryAfterSeconds(want))
+		}
+	}
+	if fake.CreateCount() != 3 {
+		t.Fatalf("%d sessions minted, want 3", fake.CreateCount())
+	}
+	// The first leaves the window: one more, and no second.
+	clock.set(start.Add(2*time.Hour - 3*time.Second))
+	expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.2"), 200, "when the first left")
+	w := serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.3")
+	expectUnitStatus(t, w, http.StatusServiceUnavailable, "right after")
+	if got := w.Header().Get("Retry-After"); got != "1" {
+		t.Fatalf("Retry-After %s, want 1 (the second leaves in 1s)", got)
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+func TestBudgetWarnsOncePerWindowAndCounts(t *testing.T) {
+	fake := newFake(t)
+	start := time.Unix(1_700_000_000, 0)
+	clock := newTestClock(start)
+	h := unitHandler(t, fake, clock.now, `,"rate_limit":{"burst":100,"zone":"budget-warn-test"},"budget":{"sessions":2,"interval":"10m"}`)
+	core, logs := observer.New(zap.WarnLevel)
+	h.limiter.logger = zap.New(core)
+	counter := budgetExhausted.WithLabelValues("zone:budget-warn-test")
+	before := counterValue(t, counter)
+
+	exhaust := func(refusals int) {
+		t.Helper()
+		for range 2 {
+			expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), 200, "within the budget")
+		}
+		for range refusals {
+			clock.advance(time.Minute)
+			expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), http.StatusServiceUnavailable, "past the budget")
+		}
+	}
+	exhaust(4)
+	if n := logs.FilterMessageSnippet("budget exhausted").Len(); n != 1 {
+		t.Fatalf("%d warnings for four refusals in one window, want 1", n)
+	}
+	if got := counterValue(t, counter) - before; got != 4 {
+		t.Fatalf("budget_exhausted_total rose by %v, want 4", got)
+	}
+	// The next window, exhausted again: one more warning.
+	clock.advance(10 * time.Minute)
+	exhaust(2)
+	warnings := logs.FilterMessageSnippet("budget exhausted").All()
+	if len(warnings) != 2 {
+		t.Fatalf("%d warnings over two windows, want 2", len(warnings))
+	}
+	if got := counterValue(t, counter) - before; got != 6 {
+		t.Fatalf("budget_exhausted_total rose by %v, want 6", got)
+	}
+	if f := warnings[1].ContextMap(); f["budget"] != int64(2) || f["retry_after"] != 9*time.Minute {
+		t.Fatalf("warning fields %v, want budget 2 and retry_after 9m (the first refusal, a minute into the window)", f)
+	}
+}
+
+func TestWallClockStepBackLocksNobodyOut(t *testing.T) {
+	fake := newFake(t)
+	clock := newTestClock(time.Now())
+	h := unitHandler(t, fake, clock.now, `,"rate_limit":{"burst":10,"interval":"1s","zone":"clock-step-test"},"budget":{"sessions":2,"interval":"1h"}`)
+	expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), 200, "before the step")
+
+	// The system clock steps back an hour; a second passes.
+	clock.set(wallSteppedBack(t, clock.now().Add(time.Second), time.Hour))
+	w := serveUnit(t, h, "GET", "/api/chatkit/start", "192.0.2.1")
+	if got := w.Header().Get("RateLimit"); got != `"chatkit";r=10;t=0` {
+		t.Fatalf("RateLimit after the step = %q, want a full bucket", got)
+	}
+	expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), 200, "the same client after the step")
+	// The budget counts on: its second session, then a wait of (under)
+	// one hour, not two.
+	w = serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.2")
+	expectUnitStatus(t, w, http.StatusServiceUnavailable, "a third session in the hour")
+	if got := w.Header().Get("Retry-After"); got != "3599" {
+		t.Fatalf("Retry-After %s, want 3599 (the first session leaves the window then)", got)
+	}
+	// The janitor sweeps on the same base: nothing recent is dropped, so
+	// the client's spent token stays spent.
+	h.limiter.zone.sweep(clock.now)
+	if w := serveUnit(t, h, "GET", "/api/chatkit/start", "192.0.2.1"); w.Header().Get("RateLimit") != `"chatkit";r=9;t=1` {
+		t.Fatalf("RateLimit after a sweep = %q", w.Header().Get("RateLimit"))
+	}
+}
+
+func TestJanitorSurvivesAPanickingSweep(t *testing.T) {
+	core, logs := observer.New(zap.ErrorLevel)
+	z := makeLimiterZone(100)
+	z.logger.Store(zap.New(core))
+	sweeps := 0
+	z.sweepHook = func() {
+		sweeps++
+		if sweeps == 1 {
+			panic("injected sweep failure")
+		}
+	}
+	l := limit{burst: 1, interval: time.Second}
+	z.keepLenientLimit(l)
+	clock := newTestClock(time.Now())
+	z.buckets.allow(stringBucketKey("idle"), l, z.clock.nanos(clock.now()))
+	clock.advance(time.Minute) // the bucket has refilled: the next sweep drops it
+
+	ticks := make(chan time.Time)
+	go z.janitor(clock.now, ticks)
+	// An unbuffered send returns once the janitor has taken the tick, so
+	// the third send proves the first two sweeps have finished.
+	for range 3 {
+		select {
+		case ticks <- time.Time{}:
+		case <-z.done:
+			t.Fatal("the janitor stopped after a panic in a sweep")
+		}
+	}
+	if err := z.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	if sweeps != 3 {
+		t.Fatalf("%d sweeps ran, want 3: the janitor stopped after the panic", sweeps)
+	}
+	if n := z.buckets.len(); n != 0 {
+		t.Fatalf("%d buckets left: the sweeps after the panic did nothing", n)
+	}
+	entries := logs.FilterMessageSnippet("recovered from a panic").All()
+	if len(entries) != 1 {
+		t.Fatalf("%d panic reports, want 1", len(entries))
+	}
+	f := entries[0].ContextMap()
+	if f["panic"] != "injected sweep failure" || f["task"] != "rate-limit janitor sweep" || !strings.Contains(fmt.Sprint(f["stack"]), "sweep") {
+		t.Fatalf("panic report %v does not say what failed and where", f)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,7 +45,8 @@ type redisBackend struct {
 	prefix    string
 	deny      bool
 	logger    *zap.Logger
-	downUntil atomic.Int64
+	clock     monoClock
+	downUntil atomic.Int64 // on clock: Redis is skipped before then
 	inOutage  atomic.Bool
 }
 
@@ -70,7 +73,7 @@ func newRedisBackend(rawURL, zoneKey, onError string, logger *zap.Logger) (*redi
 		return nil, err
 	}
 	pooled := val.(*pooledRedis)
-	return &redisBackend{
+	b := &redisBackend{
 		poolKey: resolved,
 		address: opts.Addr,
 		client:  pooled.client,
@@ -78,13 +81,16 @@ func newRedisBackend(rawURL, zoneKey, onError string, logger *zap.Logger) (*redi
 		prefix:  "chatkit:" + zoneKey + ":",
 		deny:    onError == "deny",
 		logger:  logger,
-	}, nil
+		clock:   newMonoClock(),
+	}
+	b.downUntil.Store(math.MinInt64)
+	return b, nil
 }
 
 func (b *redisBackend) release() { _, _ = redisClients.Delete(b.poolKey) }
 
 // usable reports whether Redis should be tried now.
-func (b *redisBackend) usable(now time.Time) bool { return now.UnixNano() >= b.downUntil.Load() }
+func (b *redisBackend) usable(now time.Time) bool { return b.clock.nanos(now) >= b.downUntil.Load() }
 
 // failed records an error: Redis is skipped for a moment, and the outage is
 // logged once, not once per request. A request whose browser went away says
@@ -94,7 +100,7 @@ func (b *redisBackend) failed(ctx context.Context, now time.Time, err error) {
 		return
 	}
 	redisErrors.Inc()
-	b.downUntil.Store(now.Add(redisRetryBackoff).UnixNano())
+	b.downUntil.Store(b.clock.nanos(now.Add(redisRetryBackoff)))
 	if b.inOutage.CompareAndSwap(false, true) {
 		mode := "falling back to this instance's own limits"
 		if b.deny {
@@ -149,6 +155,66 @@ func redisDecision(res *redis_rate.Result, l limit) decision {
 		d.nextToken = reset - (used-1)*l.interval
 	}
 	return d
+}
+
+// budgetRedisKey names the budget's admission log under the zone prefix.
+const budgetRedisKey = "budget:log"
+
+// admitWindowScript is the budget's sliding window (window.go) in Redis:
+// the same rule as admissionLog.admit, in one atomic script, on Redis's
+// clock (the instances' clocks may disagree). KEYS[1] is a list of
+// admission times, microseconds on Redis's clock, oldest first; ARGV are n
+// and the window in microseconds. The list keeps the last n admissions and
+// expires one window after the newest, when none of them counts any more.
+// Returns {1, 0} when admitted, else {0, microseconds until the n-th most
+// recent admission leaves the window}.
+var admitWindowScript = redis.NewScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local key = KEYS[1]
+local n = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local nowStr = t[1] .. string.format('%06d', tonumber(t[2]))
+local now = tonumber(nowStr)
+local len = redis.call('LLEN', key)
+-- Redis's clock went back: a logged time later than now counts as now.
+local i = -1
+while i >= -len and tonumber(redis.call('LINDEX', key, i)) > now do
+	redis.call('LSET', key, i, nowStr)
+	i = i - 1
+end
+if len >= n then
+	local wait = tonumber(redis.call('LINDEX', key, -n)) + window - now
+	if wait > 0 then
+		return {0, wait}
+	end
+end
+redis.call('RPUSH', key, nowStr)
+if len >= n then
+	redis.call('LTRIM', key, -n, -1)
+end
+redis.call('PEXPIRE', key, math.ceil(window / 1000))
+return {1, 0}
+`)
+
+// admitWindow takes one admission from the sliding window at key.
+func (b *redisBackend) admitWindow(ctx context.Context, key string, l windowLimit, now time.Time) (decision, error) {
+	var d decision
+	err := b.op(ctx, now, func(ctx context.Context) error {
+		res, err := admitWindowScript.Run(ctx, b.client, []string{key}, max(l.n, 1), windowMicros(l.interval)).Int64Slice()
+		if err == nil && len(res) != 2 {
+			err = fmt.Errorf("the budget script answered %v", res)
+		}
+		if err != nil {
+			return err
+		}
+		d.allowed = res[0] == 1
+		if !d.allowed {
+			d.retryAfter = max(time.Duration(res[1])*time.Microsecond, time.Microsecond)
+		}
+		return nil
+	})
+	return d, err
 }
 
 // rememberSession stores a digest of an issued secret with its session,

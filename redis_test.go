@@ -467,9 +467,201 @@ func BenchmarkRedisDecision(b *testing.B) {
 		}
 	})
 	b.Run("local", func(b *testing.B) {
-		store := newBucketStore(4096)
+		store, clock := newBucketStore(4096), newMonoClock()
 		for i := 0; b.Loop(); i++ {
-			store.allow(keys[i%len(keys)], l, time.Now().UnixNano())
+			store.allow(keys[i%len(keys)], l, clock.nanos(time.Now()))
 		}
 	})
+}
+
+// ---- the budget's exact window in Redis ----------------------------------
+
+func TestRedisBudgetExactWindow(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	forgetZone(t, rc, "budget-window")
+	fake := newFake(t)
+	const n, interval = 4, 1500 * time.Millisecond
+	h := unitHandler(t, fake, time.Now, `,"rate_limit":{"burst":100,"zone":"budget-window","redis":"`+redisURL+
+		`","on_redis_error":"deny"},"budget":{"sessions":4,"interval":"1500ms"}`)
+	ctx := context.Background()
+	spend := func() (limitVerdict, time.Time, time.Time) {
+		sent := time.Now()
+		v := h.limiter.spendBudget(ctx, time.Now())
+		return v, sent, time.Now()
+	}
+	// Warm the connection, then spend the whole budget at once.
+	if err := rc.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var firstSent, firstDone, lastDone time.Time
+	for i := range n {
+		v, sent, done := spend()
+		if v.result != limitAllowed {
+			t.Fatalf("admission %d: %+v", i, v)
+		}
+		if i == 0 {
+			firstSent, firstDone = sent, done
+		}
+		lastDone = done
+	}
+	// Two thirds of the window later a bucket of 4 refilled over 1.5s
+	// would have 2 tokens again; the window has none until the first
+	// admission is 1.5s old, and says exactly when that is.
+	time.Sleep(time.Until(firstSent.Add(interval * 2 / 3)))
+	v, sent, done := spend()
+	if done.After(firstSent.Add(interval)) {
+		t.Fatalf("the check took until %v after the first admission: too slow to judge", done.Sub(firstSent))
+	}
+	if v.result != limitBudgetExhausted {
+		t.Fatalf("two thirds into the window: %+v, want budget_exhausted", v)
+	}
+	// The first admission happened in [firstSent, firstDone] and this
+	// decision in [sent, done], both on Redis's clock (µs).
+	lo, hi := firstSent.Add(interval).Sub(done), firstDone.Add(interval).Sub(sent)
+	if v.retryAfter < lo-time.Millisecond || v.retryAfter > hi+time.Millisecond {
+		t.Fatalf("retryAfter %v, want the time until the first admission leaves: %v..%v", v.retryAfter, lo, hi)
+	}
+	// The log is a list of n times under the zone's prefix, expiring with
+	// the window.
+	key := "chatkit:zone:budget-window:budget:log"
+	if got, err := rc.LLen(ctx, key).Result(); err != nil || got != n {
+		t.Fatalf("LLEN %s = %d, %v; want %d", key, got, err, n)
+	}
+	if ttl, err := rc.PTTL(ctx, key).Result(); err != nil || ttl <= 0 || ttl > interval {
+		t.Fatalf("PTTL %s = %v, %v; want at most the window", key, ttl, err)
+	}
+	// Once all four have left, exactly four more get in.
+	time.Sleep(time.Until(lastDone.Add(interval + 20*time.Millisecond)))
+	for i := range n {
+		if v, _, _ := spend(); v.result != limitAllowed {
+			t.Fatalf("next window, admission %d: %+v", i, v)
+		}
+	}
+	if v, _, _ := spend(); v.result != limitBudgetExhausted {
+		t.Fatalf("a fifth admission in the next window: %+v", v)
+	}
+}
+
+func TestRedisBudgetClockBackCountsAsNow(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	forgetZone(t, rc, "budget-clock-back")
+	fake := newFake(t)
+	h := unitHandler(t, fake, time.Now, `,"rate_limit":{"burst":100,"zone":"budget-clock-back","redis":"`+redisURL+
+		`","on_redis_error":"deny"},"budget":{"sessions":2,"interval":"1m"}`)
+	ctx := context.Background()
+	// Two admissions logged an hour ahead of Redis's clock: its clock has
+	// been stepped back an hour since.
+	now, err := rc.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "chatkit:zone:budget-clock-back:budget:log"
+	ahead := strconv.FormatInt(now.Add(time.Hour).UnixMicro(), 10)
+	if err := rc.RPush(ctx, key, ahead, ahead).Err(); err != nil {
+		t.Fatal(err)
+	}
+	v := h.limiter.spendBudget(ctx, time.Now())
+	if v.result != limitBudgetExhausted || v.retryAfter > time.Minute || v.retryAfter < time.Minute-time.Second {
+		t.Fatalf("after Redis's clock went back: %+v, want a wait of one window, not an hour more", v)
+	}
+	times, err := rc.LRange(ctx, key, 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range times {
+		if us, _ := strconv.ParseInt(s, 10, 64); us > now.Add(time.Second).UnixMicro() {
+			t.Fatalf("a logged time stays in the future: %s", s)
+		}
+	}
+}
+
+func TestRedisBudgetExactAcrossInstances(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	forgetZone(t, rc, "budget-instances")
+	fake := newFake(t)
+	const interval = 3 * time.Second
+	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow wf_test\n\t\tbudget 4 3s\n\t\trate_limit 100 1s {\n\t\t\tzone budget-instances\n\t\t\tkey {http.request.header.X-Client}\n\t\t\tredis %s\n\t\t\ton_redis_error deny\n\t\t}",
+		fake.URL(), fakeopenai.DefaultAPIKey, redisURL)
+	newTester(t, caddyConfig("", block, ""))
+	startSecondCaddy(t, block)
+	bases := []string{siteURL, "http://localhost:9081"}
+	c := plainClient(t)
+	// Four sessions, two through each instance.
+	firstSent := time.Now()
+	for i := range 4 {
+		if r := postAs(t, c, bases[i%2], "/api/chatkit/start", "client-"+strconv.Itoa(i)); r.status != http.StatusOK {
+			t.Fatalf("session %d via %s: %d", i, bases[i%2], r.status)
+		}
+	}
+	lastDone := time.Now()
+	// Half a window later (a bucket of 4 refilled over 3s would have 2
+	// tokens again) both instances refuse, with the time left.
+	time.Sleep(time.Until(firstSent.Add(interval / 2)))
+	for i, base := range bases {
+		r := postAs(t, c, base, "/api/chatkit/start", "late-"+strconv.Itoa(i))
+		if r.status != http.StatusServiceUnavailable {
+			t.Fatalf("half a window later via %s: %d, want 503", base, r.status)
+		}
+		if ra := r.header.Get("Retry-After"); ra != "1" && ra != "2" {
+			t.Fatalf("Retry-After %q via %s, want the 1.5s left, rounded up", ra, base)
+		}
+	}
+	if time.Since(firstSent) >= interval {
+		t.Fatal("the refusals came a whole window after the first session: too slow to judge")
+	}
+	// When all four have left, four more (two each) and no fifth.
+	time.Sleep(time.Until(lastDone.Add(interval + 50*time.Millisecond)))
+	for i := range 4 {
+		if r := postAs(t, c, bases[i%2], "/api/chatkit/start", "next-"+strconv.Itoa(i)); r.status != http.StatusOK {
+			t.Fatalf("next window, session %d via %s: %d", i, bases[i%2], r.status)
+		}
+	}
+	for _, base := range bases {
+		if r := postAs(t, c, base, "/api/chatkit/start", "next-extra"); r.status != http.StatusServiceUnavailable {
+			t.Fatalf("a fifth session in the next window via %s: %d", base, r.status)
+		}
+	}
+	if got := fake.CreateCount(); got != 8 {
+		t.Fatalf("%d sessions minted, want 8", got)
+	}
+}
+
+// ---- wall-clock steps with Redis ------------------------------------------
+
+func TestRedisBackoffIgnoresWallClockSteps(t *testing.T) {
+	b, err := newRedisBackend("redis://127.0.0.1:1/0", "backoff-clock", "local", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.release()
+	at := time.Now()
+	b.failed(context.Background(), at, fmt.Errorf("injected"))
+	if b.usable(at.Add(redisRetryBackoff / 2)) {
+		t.Fatal("Redis tried again during the backoff")
+	}
+	// The clock steps back an hour; the backoff still ends on time.
+	if after := wallSteppedBack(t, at.Add(redisRetryBackoff), time.Hour); !b.usable(after) {
+		t.Fatal("after a wall-clock step back, Redis is skipped for another hour")
+	}
+}
+
+func TestRedisFallbackIgnoresWallClockSteps(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "redis://" + closed.Addr().String()
+	closed.Close()
+	fake := newFake(t)
+	clock := newTestClock(time.Now())
+	h := unitHandler(t, fake, clock.now, `,"rate_limit":{"burst":10,"interval":"1s","zone":"fallback-clock","redis":"`+down+
+		`"},"budget":{"sessions":2,"interval":"1h"}`)
+	expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), 200, "on the fallback, before the step")
+	clock.set(wallSteppedBack(t, clock.now().Add(3*time.Second), time.Hour))
+	expectUnitStatus(t, serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.1"), 200, "the same client after the step")
+	w := serveUnit(t, h, "POST", "/api/chatkit/start", "192.0.2.2")
+	expectUnitStatus(t, w, http.StatusServiceUnavailable, "a third session in the hour")
+	if got := w.Header().Get("Retry-After"); got != "3597" {
+		t.Fatalf("Retry-After %s, want 3597 (the first session leaves the window then)", got)
+	}
 }

@@ -135,7 +135,13 @@ func checkRedisURL(raw string) error {
 	return err
 }
 
-func checkBudgetSessions(n int) error { return atLeastOne("budget", "budget sessions", n) }
+func checkBudgetSessions(n int) error {
+	if n > maxBudgetSessions {
+		return refuse("budget", "budget sessions must be at most %d (the budget keeps the time of each session in its window), got %d",
+			maxBudgetSessions, n)
+	}
+	return atLeastOne("budget", "budget sessions", n)
+}
 
 func checkBudgetInterval(d time.Duration) error {
 	return positiveDuration("budget", "budget interval", d)
