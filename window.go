@@ -26,8 +26,8 @@ import (
 	"time"
 )
 
-// maxBudgetSessions bounds n: the log keeps one time per admission in the
-// window, locally and in Redis.
+// maxBudgetSessions bounds n (checkBudgetSessions, validate.go): the log
+// keeps one time per admission in the window, locally and in Redis.
 const maxBudgetSessions = 1_000_000
 
 // windowLimit admits n events in any window of length interval.
