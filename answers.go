@@ -34,14 +34,21 @@ var (
 	answerBudgetExhausted  = answer{http.StatusServiceUnavailable, "budget_exhausted", "the site's chat budget is used up", outcomeBudgetExhausted}
 	answerLimiterDown      = answer{http.StatusServiceUnavailable, "rate_limit_unavailable", "the rate limiter is unavailable", outcomeRateLimitUnavailable}
 	answerCircuitOpen      = answer{http.StatusServiceUnavailable, "circuit_open", "the chat service is failing", outcomeCircuitOpen}
-	// Too many protected requests are still sending their bodies; the
-	// connection is closed with it, so an unread body pins no memory.
-	answerTooManyPending = answer{http.StatusServiceUnavailable, "too_many_pending", "too many requests are still being received", outcomeTooManyPending}
+	// Bodies the module reads itself (body.go): one that did not arrive in
+	// time, and requests refused before their body is read because too many
+	// bodies are pending, from this client or in all. All three close the
+	// connection, so an unread body pins no memory.
+	answerBodyTimeout    = answer{http.StatusRequestTimeout, "body_timeout", "the request body did not arrive in time", outcomeBodyTimeout}
+	answerTooManyPending = answer{http.StatusTooManyRequests, "too_many_pending", "too many of this client's requests are still sending their body", outcomeTooManyPending}
+	answerServerBusy     = answer{http.StatusServiceUnavailable, "too_many_pending", "too many requests are still sending their body", outcomeTooManyPending}
 )
 
-// outcomeTooManyPending belongs with the other outcomes in handler.go; it
-// is here until the answer's first user moves it.
-const outcomeTooManyPending = "too_many_pending"
+// Outcomes of the answers about bodies the module reads itself; they
+// belong with the other outcomes in handler.go.
+const (
+	outcomeBodyTimeout    = "body_timeout"
+	outcomeTooManyPending = "too_many_pending"
+)
 
 // allAnswers lists every answer the module can send, the failure table's
 // included: the README's error table is checked against it, and a test
@@ -51,7 +58,7 @@ func allAnswers() []answer {
 		answerMethodNotAllowed, answerHealthMethod, answerOriginDenied, answerTooLarge,
 		answerUnreadableBody, answerBadRequest, answerUnauthorized, answerNoIdentity,
 		answerInternal, answerRateLimited, answerBudgetExhausted, answerLimiterDown,
-		answerCircuitOpen, answerTooManyPending,
+		answerCircuitOpen, answerBodyTimeout, answerTooManyPending, answerServerBusy,
 	}
 	for f := upstreamFailure(1); f < failureCount; f++ {
 		answers = append(answers, f.rule().answer)

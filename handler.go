@@ -106,7 +106,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if !h.protected.match(r) {
 			if h.identityHeader != "" {
 				// Only the module may speak for the user, on any path.
-				dropIdentityHeaders(r.Header, h.identityHeader)
+				guardIdentity(r, h.identityHeader, "")
 			}
 			return next.ServeHTTP(w, r)
 		}
@@ -185,10 +185,7 @@ func (h *Handler) serveHealth(x *exchange) {
 // then one upstream session.
 func (h *Handler) serveMint(x *exchange) {
 	r := x.r
-	x.scheme = browserScheme(r)
-	x.verdict = h.origins.judge(r, x.scheme)
-	setCORS(x.w.Header(), x.verdict)
-
+	h.judgeOrigin(x)
 	if r.Method == http.MethodOptions {
 		if x.verdict.cors || x.verdict.origin == "" && r.Header.Get("Origin") == "" {
 			x.rateLimit = h.limiter.peekClient(r, x.repl, h.now())
@@ -215,16 +212,12 @@ func (h *Handler) serveMint(x *exchange) {
 		return
 	}
 
-	body, tooLarge, err := readBody(r, h.maxBody)
-	if tooLarge {
-		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(h.maxBody, 10) + " bytes"))
-		return
-	}
-	if err != nil {
-		x.refuse(answerUnreadableBody)
+	body, ok := h.readRequestBody(x, h.maxBody)
+	if !ok {
 		return
 	}
 	var presented string
+	var err error
 	if x.endpoint == endpointStart {
 		err = validateStartBody(body)
 	} else {
@@ -234,21 +227,8 @@ func (h *Handler) serveMint(x *exchange) {
 		x.refuse(answerBadRequest.withMessage(err.Error()))
 		return
 	}
-
-	v, err := h.identity.identify(r.Context(), r, x.repl, x.secure())
-	if errors.Is(err, errNoUser) {
-		x.refuse(answerUnauthorized)
+	if !h.identifyVisitor(x) {
 		return
-	}
-	if err != nil {
-		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
-		x.refuse(answerNoIdentity)
-		return
-	}
-	x.user = v.user
-	if v.cookie != nil {
-		// Set even if the upstream call fails, so a retry keeps the id.
-		http.SetCookie(x.w, v.cookie)
 	}
 
 	session, ok := h.mint(x)
@@ -267,6 +247,37 @@ func (h *Handler) serveMint(x *exchange) {
 	out = append(out, '}')
 	x.outcome = outcomeSuccess
 	x.writeJSON(http.StatusOK, out)
+}
+
+// judgeOrigin is the origin step of the minting and protected paths: what
+// the browser's origin may do, and the CORS headers every answer then
+// carries (errors included).
+func (h *Handler) judgeOrigin(x *exchange) {
+	x.scheme = browserScheme(x.r)
+	x.verdict = h.origins.judge(x.r, x.scheme)
+	setCORS(x.w.Header(), x.verdict)
+}
+
+// identifyVisitor is the identity step of the minting and protected paths:
+// who the user is, with a new or renewed anonymous cookie set at once (even
+// if what follows fails, so a retry keeps the id). It answers 401 or 500
+// itself and reports false when the request cannot go on.
+func (h *Handler) identifyVisitor(x *exchange) bool {
+	v, err := h.identity.identify(x.r.Context(), x.r, x.repl, x.secure())
+	if errors.Is(err, errNoUser) {
+		x.refuse(answerUnauthorized)
+		return false
+	}
+	if err != nil {
+		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
+		x.refuse(answerNoIdentity)
+		return false
+	}
+	x.user = v.user
+	if v.cookie != nil {
+		http.SetCookie(x.w, v.cookie)
+	}
+	return true
 }
 
 // mint creates one session upstream behind the breaker, the error cache
@@ -367,22 +378,6 @@ func (x *exchange) admitted(v limitVerdict) bool {
 func retryAfterSeconds(d time.Duration) string {
 	secs := int64(math.Ceil(d.Seconds()))
 	return strconv.FormatInt(max(secs, 1), 10)
-}
-
-// readBody reads at most limit bytes; tooLarge reports a longer body
-// without buffering more than limit+1 bytes.
-func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err error) {
-	if r.ContentLength > limit {
-		return nil, true, nil
-	}
-	if r.Body == nil || r.ContentLength == 0 {
-		return nil, false, nil
-	}
-	body, err = readCapped(r.Body, r.ContentLength, limit+1)
-	if int64(len(body)) > limit {
-		return nil, true, nil
-	}
-	return body, false, err
 }
 
 var errStartBody = errors.New("the body must be empty or a JSON object")

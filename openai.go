@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -284,21 +283,6 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 	uerr.retryAfter = parseRetryAfter(resp.Header, time.Now())
 	uerr.errType, uerr.errCode, uerr.errParam = decodeAPIError(payload)
 	return status, requestID, nil, uerr
-}
-
-// readCapped reads at most limit bytes, sizing the buffer from the
-// announced length when there is one (a lying length only costs a grow).
-func readCapped(r io.Reader, announced, limit int64) ([]byte, error) {
-	size := int64(1024)
-	if announced >= 0 {
-		size = limit
-		if announced < limit {
-			size = announced + 1
-		}
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
-	_, err := buf.ReadFrom(io.LimitReader(r, limit))
-	return buf.Bytes(), err
 }
 
 func statusFailure(status int) upstreamFailure {

@@ -8,12 +8,12 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // Defaults for protected (self-hosted ChatKit server) paths.
@@ -49,9 +49,11 @@ func metricType(requestType string) string {
 
 // protectedPaths matches requests for the self-hosted ChatKit server with
 // Caddy's own path matcher, so `protect /chatkit` covers exactly what
-// `reverse_proxy /chatkit*` forwards (same case folding and escaping rules).
+// `reverse_proxy /chatkit*` forwards (same case folding and escaping rules),
+// and bounds the bodies the module reads there before anything is charged.
 type protectedPaths struct {
 	matcher caddyhttp.MatchPath
+	pending *pendingBodies
 }
 
 func newProtectedPaths(ctx caddy.Context, prefixes []string) (protectedPaths, error) {
@@ -66,7 +68,7 @@ func newProtectedPaths(ctx caddy.Context, prefixes []string) (protectedPaths, er
 	if err := m.Provision(ctx); err != nil {
 		return protectedPaths{}, err
 	}
-	return protectedPaths{matcher: m}, nil
+	return protectedPaths{matcher: m, pending: newPendingBodies()}, nil
 }
 
 func (p protectedPaths) match(r *http.Request) bool {
@@ -77,13 +79,20 @@ func (p protectedPaths) match(r *http.Request) bool {
 	return ok
 }
 
+// cost is what a protected request spends before it is passed on.
+type cost uint8
+
+const (
+	costFree     cost = iota // reading and listing threads
+	costToken                // an upload or a malformed body: one token from the client's bucket
+	costModelRun             // a model run: a token, and one unit of the site budget
+)
+
 // serveProtected guards one request for the self-hosted ChatKit server and
 // hands it to the next handler with a trustworthy identity header.
 func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 	r := x.r
-	x.scheme = browserScheme(r)
-	x.verdict = h.origins.judge(r, x.scheme)
-	setCORS(x.w.Header(), x.verdict)
+	h.judgeOrigin(x)
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 		h.serveProtectedPreflight(x)
 		return nil
@@ -92,49 +101,23 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 		x.refuse(answerOriginDenied)
 		return nil
 	}
-
-	requestType, charge, ok := h.inspectProtectedBody(x)
-	if !ok {
+	spend, ok := h.inspectProtectedBody(x)
+	if !ok || !h.chargeProtected(x, spend) || !h.identifyVisitor(x) {
 		return nil
 	}
-	x.requestType = requestType
-	if charge {
-		verdict, state := h.limiter.chargeClient(r.Context(), r, x.repl, h.now())
-		x.rateLimit = state
-		if !x.admitted(verdict) {
-			return nil
-		}
-	}
-
-	v, err := h.identity.identify(r.Context(), r, x.repl, x.secure())
-	if errors.Is(err, errNoUser) {
-		x.refuse(answerUnauthorized)
-		return nil
-	}
-	if err != nil {
-		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
-		x.refuse(answerNoIdentity)
-		return nil
-	}
-	x.user = v.user
-	if v.cookie != nil {
-		http.SetCookie(x.w, v.cookie)
-	}
-	// Exactly one identity header, ours: the client's copies are gone.
-	dropIdentityHeaders(r.Header, h.identityHeader)
-	r.Header[h.identityHeader] = []string{v.user}
+	guardIdentity(r, h.identityHeader, x.user)
 	// Placeholders are set now, so reverse_proxy and later handlers see them.
 	x.outcome = outcomeProxied
 	h.publishPlaceholders(x)
 	x.rateLimit.apply(x.w.Header())
 
 	rec := &protectedResponse{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, verdict: x.verdict}
-	err = next.ServeHTTP(rec, r)
+	err := next.ServeHTTP(rec, r)
 	x.status = cmp.Or(rec.status, http.StatusOK) // a handler that writes nothing sends 200
 	x.outcome = outcomeProxied
 	if err != nil {
 		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig && !rec.wroteHeader {
-			x.refuse(answerTooLarge.withMessage("upload exceeds " + strconv.FormatInt(h.maxUpload, 10) + " bytes"))
+			x.refuse(h.uploadTooLarge())
 			return nil
 		}
 		x.outcome = outcomeBackendError
@@ -146,54 +129,101 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 	return nil
 }
 
+// chargeProtected spends what the request costs, and answers it itself
+// when the client's bucket or the site budget refuses.
+func (h *Handler) chargeProtected(x *exchange, spend cost) bool {
+	if spend == costFree {
+		return true
+	}
+	verdict, state := h.limiter.chargeClient(x.r.Context(), x.r, x.repl, h.now())
+	x.rateLimit = state
+	if !x.admitted(verdict) {
+		return false
+	}
+	return spend != costModelRun || x.admitted(h.limiter.spendBudget(x.r.Context(), h.now()))
+}
+
 // inspectProtectedBody applies the size limits and learns the ChatKit
-// request type, leaving the backend the identical bytes. charge reports
-// whether the request spends a token.
-func (h *Handler) inspectProtectedBody(x *exchange) (requestType string, charge, ok bool) {
+// request type (into x.requestType), leaving the backend the identical
+// bytes, and says what the request costs. Nothing is charged yet, so the
+// reads are bounded per client and in total, and in time.
+func (h *Handler) inspectProtectedBody(x *exchange) (cost, bool) {
 	r := x.r
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return "none", false, true
+		x.requestType = "none"
+		return costFree, true
 	}
-	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if strings.HasPrefix(mediaType, "multipart/") && params["boundary"] != "" {
-		// Attachment uploads: larger limit, streamed through untouched, and
-		// free. Only a body that really starts as multipart counts: a JSON
-		// request merely labelled multipart must not escape the charge.
-		if r.ContentLength > h.maxUpload {
-			x.refuse(answerTooLarge.withMessage("upload exceeds " + strconv.FormatInt(h.maxUpload, 10) + " bytes"))
-			return "", false, false
-		}
-		delimiter := "--" + params["boundary"]
-		head := make([]byte, len(delimiter))
-		n, _ := io.ReadFull(r.Body, head)
-		head = head[:n]
-		r.Body = readCloser{io.MultiReader(bytes.NewReader(head), r.Body), r.Body}
-		if string(head) == delimiter {
-			r.Body = http.MaxBytesReader(x.w, r.Body, h.maxUpload)
-			return "upload", false, true
-		}
+	client := h.limiter.clientKey(r, x.repl)
+	if refusal, ok := h.protected.pending.enter(client); !ok {
+		x.refuseAndClose(refusal, pendingRetryAfter)
+		return costFree, false
 	}
-	body, tooLarge, err := readBody(r, h.protectedMaxBody)
-	if tooLarge {
-		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(h.protectedMaxBody, 10) + " bytes"))
-		return "", false, false
+	defer h.protected.pending.leave(client)
+
+	if upload, ok := h.peekUpload(x); !ok {
+		return costFree, false
+	} else if upload {
+		// Uploads run no model but are stored by the backend: one token.
+		x.requestType = "upload"
+		return costToken, true
 	}
-	if err != nil {
-		x.refuse(answerUnreadableBody)
-		return "", false, false
+	body, ok := h.readRequestBody(x, h.protectedMaxBody)
+	if !ok {
+		return costFree, false
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.Body = &spentBody{rest: body}
 	r.ContentLength = int64(len(body))
 
 	t, valid := chatKitRequestType(body)
-	if !valid {
+	switch {
+	case !valid:
 		// The backend refuses it, but probing is not free.
-		return "malformed", true, true
+		x.requestType = "malformed"
+		return costToken, true
+	case runsModel(t):
+		x.requestType = t
+		return costModelRun, true
 	}
-	if runsModel(t) {
-		return t, true, true
+	x.requestType = metricType(t)
+	return costFree, true
+}
+
+// peekUpload tells an attachment upload (streamed through untouched, under
+// max_upload) by how its body really starts: a JSON request merely
+// labelled multipart must not pass as an upload.
+func (h *Handler) peekUpload(x *exchange) (upload, ok bool) {
+	r := x.r
+	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if !strings.HasPrefix(mediaType, "multipart/") || params["boundary"] == "" {
+		return false, true
 	}
-	return metricType(t), false, true
+	if r.ContentLength > h.maxUpload {
+		x.refuse(h.uploadTooLarge())
+		return false, false
+	}
+	delimiter := "--" + params["boundary"]
+	head := make([]byte, len(delimiter))
+	undo := bodyDeadline(x, h.protected.pending.readTimeout())
+	n, err := 0, error(nil)
+	for n < len(head) && err == nil {
+		var k int
+		k, err = r.Body.Read(head[n:])
+		n += k
+	}
+	// A body that stalled or broke here fails the same way in
+	// readRequestBody, which answers it.
+	undo(err != nil)
+	head = head[:n]
+	r.Body = readCloser{io.MultiReader(bytes.NewReader(head), r.Body), r.Body}
+	if string(head) != delimiter {
+		return false, true
+	}
+	r.Body = http.MaxBytesReader(x.w, r.Body, h.maxUpload)
+	return true, true
+}
+
+func (h *Handler) uploadTooLarge() answer {
+	return answerTooLarge.withMessage("upload exceeds " + strconv.FormatInt(h.maxUpload, 10) + " bytes")
 }
 
 // chatKitRequestType reads the top-level `type` of a ChatKit request. The
@@ -287,6 +317,44 @@ func (p *protectedResponse) ReadFrom(r io.Reader) (int64, error) {
 	return p.ResponseWriterWrapper.ReadFrom(r)
 }
 
+// guardIdentity makes the module the only voice for the user on r. Every
+// client-sent spelling of the identity header goes: from the headers, from
+// the declared trailers, and from the trailers that arrive at the end of a
+// chunked body (net/http merges them into r.Trailer then, and reverse_proxy
+// forwards them). A non-empty user is then set as the one value, and the
+// Connection header may no longer name it: reverse_proxy deletes every
+// header the client's Connection header names, after the module ran.
+func guardIdentity(r *http.Request, name, user string) {
+	dropIdentityHeaders(r.Header, name)
+	if r.Trailer != nil {
+		dropIdentityHeaders(r.Trailer, name)
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &trailerGuard{ReadCloser: r.Body, trailer: r.Trailer, name: name}
+		}
+	}
+	if user == "" {
+		return
+	}
+	dropConnectionTokens(r.Header, name)
+	r.Header[name] = []string{user}
+}
+
+// trailerGuard drops the identity header from the trailers when the body
+// ends, before whoever reads the body (reverse_proxy) copies them.
+type trailerGuard struct {
+	io.ReadCloser
+	trailer http.Header
+	name    string
+}
+
+func (g *trailerGuard) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if err == io.EOF {
+		dropIdentityHeaders(g.trailer, g.name)
+	}
+	return n, err
+}
+
 // dropIdentityHeaders removes every client-sent spelling of the identity
 // header: CGI-style gateways (FastCGI, WSGI) map `X_ChatKit_User` and
 // `X-ChatKit-User` to the same variable, so both must go.
@@ -296,6 +364,41 @@ func dropIdentityHeaders(hdr http.Header, name string) {
 			delete(hdr, key)
 		}
 	}
+}
+
+// dropConnectionTokens removes the tokens naming the identity header (in
+// any spelling) from the Connection header, keeping the others.
+func dropConnectionTokens(hdr http.Header, name string) {
+	values, ok := hdr["Connection"]
+	if !ok {
+		return
+	}
+	kept := make([]string, 0, len(values))
+	for _, v := range values {
+		var tokens []string
+		changed := false
+		for token := range strings.SplitSeq(v, ",") {
+			t := textproto.TrimString(token)
+			if len(t) == len(name) && sameHeaderName(t, name) {
+				changed = true
+				continue
+			}
+			if t != "" {
+				tokens = append(tokens, t)
+			}
+		}
+		switch {
+		case !changed:
+			kept = append(kept, v)
+		case len(tokens) > 0:
+			kept = append(kept, strings.Join(tokens, ", "))
+		}
+	}
+	if len(kept) == 0 {
+		delete(hdr, "Connection")
+		return
+	}
+	hdr["Connection"] = kept
 }
 
 func sameHeaderName(a, b string) bool {

@@ -5,17 +5,28 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
+	"net/http/fcgi"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 )
@@ -315,5 +326,523 @@ func TestDropIdentityHeadersEverySpelling(t *testing.T) {
 	dropIdentityHeaders(hdr, "X-Chatkit-User")
 	if len(hdr) != 2 || hdr["X-Chatkit-Users"] == nil || hdr["Other"] == nil {
 		t.Fatalf("left %v: want only X-Chatkit-Users and Other", hdr)
+	}
+}
+
+// liveHandlers are the chatkit handlers of the running config, for tests
+// that shorten a bound the Caddyfile does not expose.
+func liveHandlers(t *testing.T) []*Handler {
+	t.Helper()
+	app, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*Handler
+	var walk func(caddyhttp.RouteList)
+	walk = func(routes caddyhttp.RouteList) {
+		for _, rt := range routes {
+			for _, mh := range rt.Handlers {
+				switch v := mh.(type) {
+				case *Handler:
+					out = append(out, v)
+				case *caddyhttp.Subroute:
+					walk(v.Routes)
+				}
+			}
+		}
+	}
+	for _, srv := range app.(*caddyhttp.App).Servers {
+		walk(srv.Routes)
+	}
+	if len(out) == 0 {
+		t.Fatal("no chatkit handler in the running config")
+	}
+	return out
+}
+
+// shortenBodyBounds sets every live handler's body read timeout and
+// pending bounds, so a test needs neither 10 s nor 256 connections.
+func shortenBodyBounds(t *testing.T, timeout time.Duration, perClient, total int) *pendingBodies {
+	t.Helper()
+	hs := liveHandlers(t)
+	for _, h := range hs {
+		p := h.protected.pending
+		p.timeout.Store(int64(timeout))
+		p.mu.Lock()
+		p.maxPerClient, p.maxTotal = perClient, total
+		p.mu.Unlock()
+	}
+	return hs[0].protected.pending
+}
+
+// stalledBody opens a connection that sends a protected request's headers
+// and the start of a body promising much more, then stalls.
+func stalledBody(t *testing.T, client string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", "localhost:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_, err = fmt.Fprintf(c, "POST /chatkit HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/json\r\n"+
+		"Content-Length: 1000000\r\nX-Client: %s\r\n\r\n{\"type\":\"threads.create\",\"pad\":\"xxxxxxxx", client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// answerOn reads one answer from a raw connection and reports whether the
+// server then closed it.
+func answerOn(t *testing.T, c net.Conn, within time.Duration) (resp *http.Response, body map[string]any, closed bool) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(within))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer within %s: %v", within, err)
+	}
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	if err := json.Unmarshal(raw, &body); err != nil {
+		t.Fatalf("answer %d is not JSON: %q", resp.StatusCode, raw)
+	}
+	_, err = br.ReadByte()
+	return resp, body, errors.Is(err, io.EOF)
+}
+
+func waitPending(t *testing.T, p *pendingBodies, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.pending() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bodies pending, want %d", p.pending(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Stalled bodies from one client: past the per-client bound they are
+// refused at once and their connections closed; the ones inside it are
+// dropped, closed, when the read timeout passes; other clients are served
+// meanwhile and nothing reaches the backend.
+func TestProtectStalledBodiesAreBounded(t *testing.T) {
+	fake, backend := newFake(t), newFakeChatKitServer(t)
+	startProtectedSite(t, fake, backend, "rate_limit 100 1s {\n\t\t\tkey {http.request.header.X-Client}\n\t\t\tzone protect-stall-test\n\t\t}")
+	const timeout = 1500 * time.Millisecond
+	pending := shortenBodyBounds(t, timeout, 4, 6)
+	start := time.Now()
+
+	var held []net.Conn
+	for range 4 {
+		held = append(held, stalledBody(t, "mallory"))
+	}
+	waitPending(t, pending, 4)
+
+	for i := range 5 {
+		resp, body, closed := answerOn(t, stalledBody(t, "mallory"), 3*time.Second)
+		if resp.StatusCode != http.StatusTooManyRequests || body["error"] != "too_many_pending" ||
+			resp.Header.Get("Retry-After") == "" || !resp.Close || !closed {
+			t.Fatalf("excess stalled body %d: %d %v, Retry-After %q, Connection close %v, closed %v",
+				i, resp.StatusCode, body, resp.Header.Get("Retry-After"), resp.Close, closed)
+		}
+	}
+	if n := pending.pending(); n != 4 {
+		t.Fatalf("%d bodies pending after the refusals, want the 4 held", n)
+	}
+
+	// Another client is served while mallory's bodies stall, and may fill
+	// the total; past it everyone waits.
+	c := plainClient(t)
+	if r := do(t, c, "POST", "/chatkit", `{"type":"threads.list"}`, "Content-Type", "application/json", "X-Client", "alice"); r.status != 200 {
+		t.Fatalf("another client during the stall: %d %s", r.status, r.body)
+	}
+	held = append(held, stalledBody(t, "bob"), stalledBody(t, "bob"))
+	waitPending(t, pending, 6)
+	resp, body, closed := answerOn(t, stalledBody(t, "carol"), 3*time.Second)
+	if resp.StatusCode != http.StatusServiceUnavailable || body["error"] != "too_many_pending" || resp.Header.Get("Retry-After") == "" || !closed {
+		t.Fatalf("past the total: %d %v, closed %v", resp.StatusCode, body, closed)
+	}
+
+	for i, conn := range held {
+		resp, body, closed := answerOn(t, conn, timeout+3*time.Second)
+		if resp.StatusCode != http.StatusRequestTimeout || body["error"] != "body_timeout" || !resp.Close || !closed {
+			t.Fatalf("stalled body %d: %d %v, Connection close %v, closed %v", i, resp.StatusCode, body, resp.Close, closed)
+		}
+	}
+	if waited := time.Since(start); waited < timeout {
+		t.Fatalf("stalled bodies were dropped after %s, before the %s timeout", waited, timeout)
+	}
+	waitPending(t, pending, 0)
+	for _, seen := range backend.requests() {
+		if seen.path == "/chatkit" && seen.bodyHash != sha256.Sum256([]byte(`{"type":"threads.list"}`)) {
+			t.Fatal("a stalled or refused body reached the backend")
+		}
+	}
+	if r := do(t, c, "POST", "/chatkit", `{"type":"threads.create"}`, "Content-Type", "application/json", "X-Client", "mallory"); r.status != 200 {
+		t.Fatalf("mallory after the stall: %d %s", r.status, r.body)
+	}
+}
+
+// slowUpload streams a multipart upload whose first 200 bytes come at
+// once and the rest after pause, and returns the status and whether the
+// backend received the whole body.
+func slowUpload(t *testing.T, backend *fakeChatKitServer, pause time.Duration) (int, bool) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, _ := mw.CreateFormFile("file", "a.bin")
+	fw.Write(bytes.Repeat([]byte{'a'}, 4096))
+	mw.Close()
+	whole := buf.Bytes()
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(whole[:200])
+		time.Sleep(pause)
+		pw.Write(whole[200:])
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", siteURL+"/chatkit/upload", pr)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.ContentLength = int64(len(whole))
+	status := 0
+	if resp, err := plainClient(t).Do(req); err == nil {
+		resp.Body.Close()
+		status = resp.StatusCode
+	}
+	got := false
+	for _, seen := range backend.requests() {
+		got = got || seen.bodyHash == sha256.Sum256(whole)
+	}
+	return status, got
+}
+
+// The read timeout covers the module's own read only: the backend's reads
+// of a slowly streamed upload and a long event stream after an inspected
+// body outlive it, while the server's own read_body timeout still holds.
+func TestProtectBodyTimeoutSparesTheBackend(t *testing.T) {
+	fake, backend := newFake(t), newFakeChatKitServer(t)
+	startProtectedSite(t, fake, backend, "")
+	const timeout = 300 * time.Millisecond
+	shortenBodyBounds(t, timeout, 4, 256)
+	events := func() int {
+		// threads.create streams 5 events over 800 ms.
+		r := do(t, plainClient(t), "POST", "/chatkit", `{"type":"threads.create","params":{}}`, "Content-Type", "application/json")
+		return strings.Count(r.body, "data: ")
+	}
+	if got := events(); got != streamedEvents {
+		t.Fatalf("event stream past the body timeout: %d of %d events", got, streamedEvents)
+	}
+	if status, whole := slowUpload(t, backend, 3*timeout); status != 200 || !whole {
+		t.Fatalf("upload slower than the body timeout: %d, the backend got it whole: %v", status, whole)
+	}
+
+	// With the server's own read_body timeout, the module's read never
+	// outlasts it and the rest of the body stays under it; an event stream
+	// after a body read to its end is not cut by it (net/http clears the
+	// deadline there, and so must the module).
+	addr := strings.TrimPrefix(backend.URL, "http://")
+	startSite(t, fake, "servers {\n\t\ttimeouts {\n\t\t\tread_body 600ms\n\t\t}\n\t}", "protect /chatkit",
+		"handle /chatkit* {\n\t\treverse_proxy "+addr+"\n\t}")
+	shortenBodyBounds(t, timeout, 4, 256)
+	if got := events(); got != streamedEvents {
+		t.Fatalf("event stream past read_body: %d of %d events", got, streamedEvents)
+	}
+	if status, whole := slowUpload(t, backend, 1500*time.Millisecond); status == 200 || whole {
+		t.Fatalf("an upload slower than the server's read_body went through: %d, whole %v", status, whole)
+	}
+}
+
+func TestProtectChargesUploads(t *testing.T) {
+	fake, backend := newFake(t), newFakeChatKitServer(t)
+	startProtectedSite(t, fake, backend, "rate_limit 1 1h {\n\t\t\tzone protect-upload-test\n\t\t}")
+	c := client(t)
+	upload := func() reply {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		fw, _ := mw.CreateFormFile("file", "a.txt")
+		fw.Write([]byte("attachment"))
+		mw.Close()
+		return do(t, c, "POST", "/chatkit/upload", buf.String(), "Content-Type", mw.FormDataContentType())
+	}
+	if r := upload(); r.status != 200 || r.header.Get("RateLimit") == "" {
+		t.Fatalf("first upload = %d, RateLimit %q", r.status, r.header.Get("RateLimit"))
+	}
+	before := len(backend.requests())
+	expectError(t, upload(), http.StatusTooManyRequests, "rate_limit_exceeded")
+	if len(backend.requests()) != before {
+		t.Fatal("a refused upload reached the backend")
+	}
+}
+
+// budget counts model runs on protected paths as it counts sessions: the
+// same five types that spend a token, refused with 503 once it is used up.
+func TestProtectBudgetCapsModelRuns(t *testing.T) {
+	fake, backend := newFake(t), newFakeChatKitServer(t)
+	startProtectedSite(t, fake, backend, "budget 2 1h\n\t\trate_limit 1000 1s {\n\t\t\tzone protect-budget-test\n\t\t}")
+	c := client(t)
+	json := func(body string) reply { return do(t, c, "POST", "/chatkit", body, "Content-Type", "application/json") }
+	for i := 0; i < 3; i++ {
+		if r := json(`{"type":"threads.list"}`); r.status != 200 {
+			t.Fatalf("read %d = %d: reads are not model runs", i, r.status)
+		}
+	}
+	for _, body := range []string{`{"type":"threads.create","params":{}}`, `{"type":"threads.add_user_message","params":{}}`} {
+		if r := json(body); r.status != 200 {
+			t.Fatalf("model run within the budget: %d %s", r.status, r.body)
+		}
+	}
+	before := len(backend.requests())
+	r := json(`{"type":"threads.retry_after_item","params":{}}`)
+	expectError(t, r, http.StatusServiceUnavailable, "budget_exhausted")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("budget_exhausted without Retry-After")
+	}
+	if len(backend.requests()) != before {
+		t.Fatal("a model run past the budget reached the backend")
+	}
+	// One budget for the site: minting is refused too; reads still pass.
+	expectError(t, do(t, c, "POST", "/api/chatkit/start", ""), http.StatusServiceUnavailable, "budget_exhausted")
+	if r := json(`{"type":"items.list"}`); r.status != 200 {
+		t.Fatalf("read after the budget = %d", r.status)
+	}
+}
+
+// identitySpellings lists, from a header map, every entry a CGI-style
+// gateway or a lenient server would read as the identity header.
+func identitySpellings(h http.Header) []string {
+	var out []string
+	for k, vv := range h {
+		if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), "X-Chatkit-User") {
+			for _, v := range vv {
+				out = append(out, k+": "+v)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// identityBackends are a plain HTTP backend (for reverse_proxy) and a
+// FastCGI one (for php_fastcgi), both recording the identity headers and
+// trailers each request brought.
+type identityBackends struct {
+	mu       sync.Mutex
+	headers  [][]string
+	trailers [][]string
+	httpAddr string
+	fcgiAddr string
+	root     string
+}
+
+func (b *identityBackends) record(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body) // trailers arrive with the end of the body
+	b.mu.Lock()
+	b.headers = append(b.headers, identitySpellings(r.Header))
+	b.trailers = append(b.trailers, identitySpellings(r.Trailer))
+	b.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.WriteString(w, `{"ok":true}`)
+}
+
+func (b *identityBackends) last(t *testing.T) (headers, trailers []string) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.headers) == 0 {
+		t.Fatal("no request reached a backend")
+	}
+	return b.headers[len(b.headers)-1], b.trailers[len(b.trailers)-1]
+}
+
+func newIdentityBackends(t *testing.T) *identityBackends {
+	t.Helper()
+	b := &identityBackends{root: t.TempDir()}
+	// php_fastcgi sends what its try_files finds to index.php.
+	if err := os.WriteFile(filepath.Join(b.root, "index.php"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(b.record))
+	t.Cleanup(hs.Close)
+	b.httpAddr = strings.TrimPrefix(hs.URL, "http://")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go fcgi.Serve(ln, http.HandlerFunc(b.record))
+	b.fcgiAddr = ln.Addr().String()
+	return b
+}
+
+// identityRequest is one way a client may try to remove or double the
+// identity header the module sets.
+type identityRequest struct {
+	name string
+	// raw, when set, is written on the connection as it is (with PATH
+	// standing for the request path); otherwise build makes the request.
+	raw   string
+	build func(url string) *http.Request
+	h2    bool // possible over HTTP/2 (which has no Connection header)
+}
+
+func identityRequests() []identityRequest {
+	jsonReq := func(url string, body io.Reader, headers ...string) *http.Request {
+		req, _ := http.NewRequest("POST", url, body)
+		req.Header.Set("Content-Type", "application/json")
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header[headers[i]] = append(req.Header[headers[i]], headers[i+1])
+		}
+		return req
+	}
+	list := `{"type":"threads.list"}`
+	chunked := func(url string, trailer string) *http.Request {
+		req := jsonReq(url, io.MultiReader(strings.NewReader(list)))
+		req.ContentLength = -1
+		req.Trailer = http.Header{trailer: {"user:admin"}}
+		return req
+	}
+	return []identityRequest{
+		{name: "Connection names the header", build: func(url string) *http.Request {
+			return jsonReq(url, strings.NewReader(list), "Connection", "keep-alive, X-ChatKit-User", "X-Chatkit-User", "user:admin")
+		}},
+		{name: "Connection names another spelling", build: func(url string) *http.Request {
+			return jsonReq(url, strings.NewReader(list), "Connection", "x_chatkit_user", "X_chatkit_user", "user:admin")
+		}},
+		{name: "every spelling sent", h2: true, build: func(url string) *http.Request {
+			return jsonReq(url, strings.NewReader(list), "X-Chatkit-User", "user:admin", "X_chatkit_user", "user:root", "x-CHATKIT_user", "user:eve")
+		}},
+		{name: "trailer on a chunked JSON body", h2: true, build: func(url string) *http.Request { return chunked(url, "X-Chatkit-User") }},
+		{name: "underscore trailer on a chunked JSON body", h2: true, build: func(url string) *http.Request { return chunked(url, "X_chatkit_user") }},
+		{name: "trailer on a streamed multipart upload", h2: true, build: func(url string) *http.Request {
+			var buf bytes.Buffer
+			mw := multipart.NewWriter(&buf)
+			fw, _ := mw.CreateFormFile("file", "a.txt")
+			fw.Write([]byte("attachment"))
+			mw.Close()
+			req, _ := http.NewRequest("POST", url+"/upload", io.MultiReader(&buf))
+			req.Header.Set("Content-Type", mw.FormDataContentType())
+			req.ContentLength = -1
+			req.Trailer = http.Header{"X-Chatkit-User": {"user:admin"}}
+			return req
+		}},
+		{name: "undeclared trailer on a chunked JSON body", raw: "POST PATH HTTP/1.1\r\nHost: localhost\r\nX-Test-User: alice\r\n" +
+			"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			fmt.Sprintf("%x\r\n%s\r\n0\r\nX-ChatKit-User: user:admin\r\n\r\n", len(list), list)},
+		{name: "declared trailer, Connection naming it", raw: "POST PATH HTTP/1.1\r\nHost: localhost\r\nX-Test-User: alice\r\n" +
+			"Content-Type: application/json\r\nConnection: X-ChatKit-User\r\nTrailer: X-ChatKit-User\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			fmt.Sprintf("%x\r\n%s\r\n0\r\nX-ChatKit-User: user:admin\r\n\r\n", len(list), list)},
+	}
+}
+
+// After the module sets the identity header, nothing the client controls
+// removes it or adds a second value: not Connection tokens (which
+// reverse_proxy obeys), not other spellings (which CGI gateways merge),
+// not trailers (which net/http merges into the request at the end of a
+// chunked body and reverse_proxy forwards). Through reverse_proxy and
+// php_fastcgi, over HTTP/1.1, TLS and HTTP/2.
+func TestProtectIdentityHeaderSurvivesEveryClientTrick(t *testing.T) {
+	b := newIdentityBackends(t)
+	site := fmt.Sprintf(`
+	chatkit {
+		protect /chatkit /fcgi
+		user {http.request.header.X-Test-User}
+		rate_limit off
+	}
+	handle /chatkit* {
+		reverse_proxy %s
+	}
+	handle /fcgi* {
+		root * %s
+		php_fastcgi %s
+	}`, b.httpAddr, b.root, b.fcgiAddr)
+	newTester(t, fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+}
+http://localhost:9080 {%s
+}
+https://localhost:9443 {
+	tls internal%s
+}
+`, site, site))
+
+	insecure := &tls.Config{InsecureSkipVerify: true}
+	// tls internal issues the site's certificate in the background.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		conn, err := tls.Dial("tcp", "localhost:9443", insecure)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no TLS on 9443: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	transports := []struct {
+		name  string
+		base  string
+		proto int
+		rt    *http.Transport
+		dial  func() (net.Conn, error)
+	}{
+		{"HTTP/1.1", "http://localhost:9080", 1, &http.Transport{}, func() (net.Conn, error) { return net.Dial("tcp", "localhost:9080") }},
+		{"TLS", "https://localhost:9443", 1, &http.Transport{TLSClientConfig: insecure},
+			func() (net.Conn, error) { return tls.Dial("tcp", "localhost:9443", insecure) }},
+		{"HTTP/2", "https://localhost:9443", 2, &http.Transport{TLSClientConfig: insecure, ForceAttemptHTTP2: true}, nil},
+	}
+	for _, tr := range transports {
+		t.Cleanup(tr.rt.CloseIdleConnections)
+		for _, path := range []string{"/chatkit", "/fcgi"} {
+			for _, ir := range identityRequests() {
+				name := tr.name + " " + path + ": " + ir.name
+				var status, proto int
+				switch {
+				case ir.raw != "":
+					if tr.dial == nil {
+						continue
+					}
+					conn, err := tr.dial()
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, _ = io.WriteString(conn, strings.Replace(ir.raw, "PATH", path, 1))
+					_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+					resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+					if err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					resp.Body.Close()
+					conn.Close()
+					status, proto = resp.StatusCode, resp.ProtoMajor
+				case tr.proto == 2 && !ir.h2:
+					continue
+				default:
+					req := ir.build(tr.base + path)
+					req.Header.Set("X-Test-User", "alice")
+					resp, err := (&http.Client{Transport: tr.rt, Timeout: 10 * time.Second}).Do(req)
+					if err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					status, proto = resp.StatusCode, resp.ProtoMajor
+				}
+				if status != 200 || proto != tr.proto {
+					t.Fatalf("%s: status %d over HTTP/%d", name, status, proto)
+				}
+				headers, trailers := b.last(t)
+				if want := []string{"X-Chatkit-User: user:alice"}; !slices.Equal(headers, want) || len(trailers) != 0 {
+					t.Errorf("%s: the backend saw headers %q and trailers %q, want exactly %q", name, headers, trailers, want)
+				}
+			}
+		}
 	}
 }
