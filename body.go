@@ -13,25 +13,28 @@ import (
 
 // Bounds on the bodies the module reads itself. On protected paths the body
 // is read before anything is charged (its ChatKit `type` decides the
-// charge), and Caddy has no body read timeout by default, so without them a
-// client that sends headers and then stalls pins memory for free. With them
-// one client holds at most maxPendingPerClient reads of at most max_body
-// each (4 MiB at the default 1 MiB), for at most bodyReadTimeout, and the
-// whole server at most maxPending of them.
+// charge), and Caddy has no deadline for a whole body by default (only one
+// for a read that stalls a full minute), so without them a client that sends
+// headers and then trickles or stalls pins memory for free. With them one
+// client has at most maxPendingPerClient bodies being read, each of at most
+// max_body (4 MiB at the default 1 MiB), for at most bodyReadTimeout; and
+// all clients together at most maxPendingBytes.
 const (
 	// bodyReadTimeout is how long a body the module reads may take to
 	// arrive, counted from the start of the request: a browser sends a
 	// ChatKit request in one go, and even a 1 MiB body needs only ~1 Mbit/s.
 	bodyReadTimeout = 10 * time.Second
 	// maxPendingPerClient bounds one client's (one rate-limit key's)
-	// protected requests whose body is still arriving. A page sends one
-	// ChatKit request at a time and a few attachment uploads at most; each
-	// read takes milliseconds for a real browser, so 4 is never reached by one.
+	// requests whose body is still arriving. A page sends one ChatKit
+	// request at a time and a few attachment uploads at most, each read in
+	// milliseconds, so a browser (even a few behind one NAT) stays below it.
 	maxPendingPerClient = 4
-	// maxPending bounds them for the whole handler: at 1 MiB each, at most
-	// 256 MiB of body buffer, and only if 64 clients each send 4 MiB within
-	// the timeout.
-	maxPending = 256
+	// maxPendingBytes bounds what all those reads may buffer together: each
+	// reserves what it can hold (its Content-Length, or max_body when
+	// chunked, capped at max_body). At the default 1 MiB that is 64
+	// stalled bodies at most, which takes 16 clients; real ChatKit
+	// requests are a few KiB, so thousands of them fit.
+	maxPendingBytes = 64 << 20
 	// firstBodyBuffer is the largest first allocation for a client's body:
 	// the buffer grows as bytes arrive, never from what Content-Length
 	// promises.
@@ -48,13 +51,14 @@ type pendingBodies struct {
 
 	mu           sync.Mutex
 	perClient    map[bucketKey]int
-	total        int
+	reserved     int64
+	reads        int
 	maxPerClient int
-	maxTotal     int
+	maxBytes     int64
 }
 
 func newPendingBodies() *pendingBodies {
-	p := &pendingBodies{perClient: make(map[bucketKey]int), maxPerClient: maxPendingPerClient, maxTotal: maxPending}
+	p := &pendingBodies{perClient: make(map[bucketKey]int), maxPerClient: maxPendingPerClient, maxBytes: maxPendingBytes}
 	p.timeout.Store(int64(bodyReadTimeout))
 	return p
 }
@@ -67,24 +71,26 @@ func (p *pendingBodies) readTimeout() time.Duration {
 	return time.Duration(p.timeout.Load())
 }
 
-// enter takes a slot for one more read from client, or says which bound
-// refuses it.
-func (p *pendingBodies) enter(client bucketKey) (answer, bool) {
+// enter takes a slot for one more read of up to size bytes from client,
+// or says which bound refuses it. A read larger than the whole budget is
+// let in when nothing else is pending, so a lone one is never refused.
+func (p *pendingBodies) enter(client bucketKey, size int64) (answer, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.perClient[client] >= p.maxPerClient {
 		return answerTooManyPending, false
 	}
-	if p.total >= p.maxTotal {
+	if p.reads > 0 && p.reserved+size > p.maxBytes {
 		return answerServerBusy, false
 	}
 	p.perClient[client]++
-	p.total++
+	p.reserved += size
+	p.reads++
 	return answer{}, true
 }
 
-// leave gives a slot back.
-func (p *pendingBodies) leave(client bucketKey) {
+// leave gives back a slot taken with the same client and size.
+func (p *pendingBodies) leave(client bucketKey, size int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if n := p.perClient[client]; n > 1 {
@@ -92,14 +98,15 @@ func (p *pendingBodies) leave(client bucketKey) {
 	} else {
 		delete(p.perClient, client)
 	}
-	p.total--
+	p.reserved -= size
+	p.reads--
 }
 
-// pending reports how many reads hold a slot (for tests and the harness).
+// pending reports how many reads hold a slot (for tests).
 func (p *pendingBodies) pending() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.total
+	return p.reads
 }
 
 // refuseAndClose answers a request whose body the module will not read and
@@ -185,11 +192,13 @@ func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err err
 	if r.Body == nil || r.ContentLength == 0 {
 		return nil, false, nil
 	}
-	ceiling := limit + 1 // one past the limit tells "at" from "over"
-	if r.ContentLength >= 0 {
-		ceiling = r.ContentLength + 1 // room for the EOF, so an exact body needs no grow
+	if r.ContentLength > 0 {
+		// Room for the EOF too, so a whole body needs no last grow.
+		body, err = readGrowing(r.Body, min(firstBodyBuffer, r.ContentLength+1), r.ContentLength+1, true)
+	} else {
+		// One past the limit tells "at" from "over".
+		body, err = readGrowing(r.Body, min(firstBodyBuffer, limit+1), limit+1, false)
 	}
-	body, err = readGrowing(r.Body, min(firstBodyBuffer, ceiling), ceiling)
 	if int64(len(body)) > limit {
 		return nil, true, nil
 	}
@@ -201,26 +210,31 @@ func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err err
 // buffer of exactly that size (plus the byte that meets the EOF); without
 // one the buffer grows by half as bytes arrive.
 func readCapped(r io.Reader, announced, limit int64) ([]byte, error) {
-	first := int64(firstBodyBuffer)
 	if announced >= 0 {
-		first = announced + 1
+		return readGrowing(r, min(announced+1, limit), limit, false)
 	}
-	return readGrowing(r, min(first, limit), limit)
+	return readGrowing(r, min(firstBodyBuffer, limit), limit, false)
 }
 
 // readGrowing reads r to its end, or until limit bytes, into a buffer that
-// starts at first bytes and grows by half (at least firstBodyBuffer) when
-// full, never past limit. The final buffer is at most 1.5 times what it
-// holds, where bytes.Buffer.ReadFrom doubles and keeps 512 bytes spare.
-func readGrowing(r io.Reader, first, limit int64) ([]byte, error) {
+// starts at first bytes and grows when full, never past limit. When the
+// limit is where the body ends (a client's Content-Length) the buffer
+// doubles: it stays within twice what has arrived and ends at the limit
+// anyway. Otherwise it grows by half (at least firstBodyBuffer), so the
+// final buffer is at most 1.5 times what it holds, where
+// bytes.Buffer.ReadFrom doubles and keeps 512 bytes spare.
+func readGrowing(r io.Reader, first, limit int64, limitIsEnd bool) ([]byte, error) {
 	buf := make([]byte, 0, max(first, 1))
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) >= limit {
 				return buf, nil
 			}
-			next := min(int64(cap(buf))+max(int64(cap(buf))/2, firstBodyBuffer), limit)
-			grown := make([]byte, len(buf), next)
+			step := max(int64(cap(buf))/2, firstBodyBuffer)
+			if limitIsEnd {
+				step = int64(cap(buf))
+			}
+			grown := make([]byte, len(buf), min(int64(cap(buf))+step, limit))
 			copy(grown, buf)
 			buf = grown
 		}

@@ -22,6 +22,11 @@ func (f *firstReadRecorder) Read(p []byte) (int, error) {
 	return f.r.Read(p)
 }
 
+// errReader fails like a connection that broke.
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
 // A client's Content-Length is a promise, not bytes: the first allocation
 // must not follow it (a stalled body promising 1 MiB would pin 1 MiB).
 func TestBodyFirstAllocationIgnoresContentLength(t *testing.T) {
@@ -34,6 +39,18 @@ func TestBodyFirstAllocationIgnoresContentLength(t *testing.T) {
 	}
 	if rec.first == 0 || rec.first > 64<<10 {
 		t.Fatalf("first read offered a %d-byte buffer for a body that promised %d bytes and sent 24: want a few KiB at most", rec.first, promised)
+	}
+
+	// A body that stops halfway holds at most twice what it sent.
+	const sent = 40 << 10
+	r = httptest.NewRequest(http.MethodPost, "/chatkit", io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("s"), sent)), errReader{}))
+	r.ContentLength = promised
+	partial, _, err := readBody(r, promised)
+	if err == nil || len(partial) != sent {
+		t.Fatalf("a body cut after %d bytes: read %d, err %v", sent, len(partial), err)
+	}
+	if cap(partial) > 2*sent+4<<10 {
+		t.Fatalf("a body that promised %d bytes and sent %d holds a %d-byte buffer", promised, sent, cap(partial))
 	}
 
 	// A whole body that fits the first buffer is read into one allocation
@@ -121,30 +138,34 @@ func TestBodySpentBodyLetsGo(t *testing.T) {
 
 func TestBodyPendingBounds(t *testing.T) {
 	p := newPendingBodies()
-	p.maxPerClient, p.maxTotal = 2, 3
+	p.maxPerClient, p.maxBytes = 2, 300
 	a, b := stringBucketKey("a"), stringBucketKey("b")
 	for i := 0; i < 2; i++ {
-		if _, ok := p.enter(a); !ok {
+		if _, ok := p.enter(a, 100); !ok {
 			t.Fatalf("client a refused at %d", i)
 		}
 	}
-	if refusal, ok := p.enter(a); ok || refusal != answerTooManyPending {
+	if refusal, ok := p.enter(a, 1); ok || refusal != answerTooManyPending {
 		t.Fatalf("third read of client a: ok=%v %v", ok, refusal)
 	}
-	if _, ok := p.enter(b); !ok {
+	if _, ok := p.enter(b, 100); !ok {
 		t.Fatal("client b refused while under both bounds")
 	}
-	if refusal, ok := p.enter(b); ok || refusal != answerServerBusy {
-		t.Fatalf("read past the total: ok=%v %v", ok, refusal)
+	if refusal, ok := p.enter(b, 1); ok || refusal != answerServerBusy {
+		t.Fatalf("read past the byte budget: ok=%v %v", ok, refusal)
 	}
-	p.leave(a)
-	if _, ok := p.enter(b); !ok {
+	p.leave(a, 100)
+	if _, ok := p.enter(b, 100); !ok {
 		t.Fatal("a freed slot was not reusable")
 	}
-	p.leave(a)
-	p.leave(b)
-	p.leave(b)
-	if p.pending() != 0 || len(p.perClient) != 0 {
-		t.Fatalf("after every leave: %d pending, %d clients tracked", p.pending(), len(p.perClient))
+	p.leave(a, 100)
+	p.leave(b, 100)
+	p.leave(b, 100)
+	if p.pending() != 0 || p.reserved != 0 || len(p.perClient) != 0 {
+		t.Fatalf("after every leave: %d pending, %d bytes reserved, %d clients tracked", p.pending(), p.reserved, len(p.perClient))
+	}
+	// A lone read larger than the whole budget still goes through.
+	if _, ok := p.enter(a, 1000); !ok {
+		t.Fatal("a lone read over the budget was refused")
 	}
 }

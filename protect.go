@@ -153,12 +153,16 @@ func (h *Handler) inspectProtectedBody(x *exchange) (cost, bool) {
 		x.requestType = "none"
 		return costFree, true
 	}
-	client := h.limiter.clientKey(r, x.repl)
-	if refusal, ok := h.protected.pending.enter(client); !ok {
+	// What this read may buffer: its length, or max_body when chunked.
+	client, size := h.limiter.clientKey(r, x.repl), h.protectedMaxBody
+	if r.ContentLength >= 0 {
+		size = min(r.ContentLength, size)
+	}
+	if refusal, ok := h.protected.pending.enter(client, size); !ok {
 		x.refuseAndClose(refusal, pendingRetryAfter)
 		return costFree, false
 	}
-	defer h.protected.pending.leave(client)
+	defer h.protected.pending.leave(client, size)
 
 	if upload, ok := h.peekUpload(x); !ok {
 		return costFree, false

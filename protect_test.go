@@ -361,15 +361,15 @@ func liveHandlers(t *testing.T) []*Handler {
 }
 
 // shortenBodyBounds sets every live handler's body read timeout and
-// pending bounds, so a test needs neither 10 s nor 256 connections.
-func shortenBodyBounds(t *testing.T, timeout time.Duration, perClient, total int) *pendingBodies {
+// pending bounds, so a test needs neither 10 s nor 64 MiB of bodies.
+func shortenBodyBounds(t *testing.T, timeout time.Duration, perClient int, maxBytes int64) *pendingBodies {
 	t.Helper()
 	hs := liveHandlers(t)
 	for _, h := range hs {
 		p := h.protected.pending
 		p.timeout.Store(int64(timeout))
 		p.mu.Lock()
-		p.maxPerClient, p.maxTotal = perClient, total
+		p.maxPerClient, p.maxBytes = perClient, maxBytes
 		p.mu.Unlock()
 	}
 	return hs[0].protected.pending
@@ -433,7 +433,8 @@ func TestProtectStalledBodiesAreBounded(t *testing.T) {
 	fake, backend := newFake(t), newFakeChatKitServer(t)
 	startProtectedSite(t, fake, backend, "rate_limit 100 1s {\n\t\t\tkey {http.request.header.X-Client}\n\t\t\tzone protect-stall-test\n\t\t}")
 	const timeout = 1500 * time.Millisecond
-	pending := shortenBodyBounds(t, timeout, 4, 6)
+	// Room for six of the stalled bodies, which promise 1,000,000 bytes.
+	pending := shortenBodyBounds(t, timeout, 4, 6_000_000)
 	start := time.Now()
 
 	var held []net.Conn
@@ -455,7 +456,7 @@ func TestProtectStalledBodiesAreBounded(t *testing.T) {
 	}
 
 	// Another client is served while mallory's bodies stall, and may fill
-	// the total; past it everyone waits.
+	// the byte budget; past it everyone waits.
 	c := plainClient(t)
 	if r := do(t, c, "POST", "/chatkit", `{"type":"threads.list"}`, "Content-Type", "application/json", "X-Client", "alice"); r.status != 200 {
 		t.Fatalf("another client during the stall: %d %s", r.status, r.body)
@@ -527,7 +528,7 @@ func TestProtectBodyTimeoutSparesTheBackend(t *testing.T) {
 	fake, backend := newFake(t), newFakeChatKitServer(t)
 	startProtectedSite(t, fake, backend, "")
 	const timeout = 300 * time.Millisecond
-	shortenBodyBounds(t, timeout, 4, 256)
+	shortenBodyBounds(t, timeout, 4, maxPendingBytes)
 	events := func() int {
 		// threads.create streams 5 events over 800 ms.
 		r := do(t, plainClient(t), "POST", "/chatkit", `{"type":"threads.create","params":{}}`, "Content-Type", "application/json")
@@ -547,7 +548,7 @@ func TestProtectBodyTimeoutSparesTheBackend(t *testing.T) {
 	addr := strings.TrimPrefix(backend.URL, "http://")
 	startSite(t, fake, "servers {\n\t\ttimeouts {\n\t\t\tread_body 600ms\n\t\t}\n\t}", "protect /chatkit",
 		"handle /chatkit* {\n\t\treverse_proxy "+addr+"\n\t}")
-	shortenBodyBounds(t, timeout, 4, 256)
+	shortenBodyBounds(t, timeout, 4, maxPendingBytes)
 	if got := events(); got != streamedEvents {
 		t.Fatalf("event stream past read_body: %d of %d events", got, streamedEvents)
 	}

@@ -5,6 +5,7 @@
 #	bash bench/run.sh -flood          # 1,000,000 client addresses against start
 #	bash bench/run.sh -soak           # 60 s at 200 req/s, config reload every 10 s
 #	bash bench/run.sh -profile 10     # pprof CPU and allocs of (a) and (b)
+#	bash bench/run.sh -stalled        # 800 stalled bodies on a protected path, Caddy's RSS
 #	bash bench/run.sh -h              # every flag
 #
 # Needs Go >= 1.26 and taskset (util-linux). Everything runs on 127.0.0.1.

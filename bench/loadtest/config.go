@@ -93,3 +93,29 @@ func (s *servers) moduleLogOption() string {
 	}
 	return "\tlog default {\n\t\texclude http.handlers.chatkit\n\t}\n"
 }
+
+// protectCaddyfile renders the site of the stalled-bodies scenario: a
+// self-hosted ChatKit server behind `protect /chatkit` (the fake stands in
+// for it; no stalled body ever reaches it), client addresses from
+// X-Forwarded-For through trusted_proxies.
+func (s *servers) protectCaddyfile(rateLimit string) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	auto_https off
+	storage file_system %s/storage
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+%s}
+
+http://127.0.0.1:%d {
+	chatkit {
+		protect /chatkit
+		rate_limit %s
+	}
+	reverse_proxy /chatkit* 127.0.0.1:%d
+	respond "bench site" 200
+}
+`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, rateLimit, s.fakePort)
+}

@@ -6,6 +6,7 @@
 //	go run ./bench/loadtest -flood          # 1,000,000 client addresses
 //	go run ./bench/loadtest -soak           # 60 s steady load, reload every 10 s
 //	go run ./bench/loadtest -profile 10     # CPU and alloc profiles of (a) and (b)
+//	go run ./bench/loadtest -stalled        # 800 stalled bodies on a protected path, RSS
 //
 // (or `bash bench/run.sh …`). It builds ./cmd/caddy and ./bench/fakeserver
 // (or takes -caddy), then runs the fake upstream (bench/fakeserver, its own
@@ -67,6 +68,13 @@ type options struct {
 	soakReload   time.Duration
 	soakResend   bool
 
+	stalled       bool
+	stalledConns  int
+	stalledLength int
+	stalledSent   int
+	stalledHold   time.Duration
+	stalledLimit  string
+
 	sourceDigest string // of the root package's non-test .go files at build time
 
 	profile        int
@@ -113,6 +121,12 @@ func main() {
 	flag.DurationVar(&o.soakReload, "soak-reload", 10*time.Second, "interval between config reloads (POST /load)")
 
 	flag.BoolVar(&o.soakResend, "soak-resend", true, "resend once, as browsers do, a request whose reused keep-alive connection the server closed before answering (false: count it as failed)")
+	flag.BoolVar(&o.stalled, "stalled", false, "stalled-bodies mode: many connections send a protected request's headers and the start of its body, then stall; Caddy's RSS and every answer are reported")
+	flag.IntVar(&o.stalledConns, "stalled-conns", 800, "stalled connections per phase")
+	flag.IntVar(&o.stalledLength, "stalled-length", 1<<20, "Content-Length each stalled request promises")
+	flag.IntVar(&o.stalledSent, "stalled-sent", 1_000_000, "bytes of body each stalled request sends before stalling (the rest of -stalled-length never comes)")
+	flag.DurationVar(&o.stalledHold, "stalled-hold", 20*time.Second, "how long the harness waits for an answer on each stalled connection before closing it")
+	flag.StringVar(&o.stalledLimit, "stalled-limit", "2 1h", "rate_limit <burst> <interval> of the protected site")
 	flag.IntVar(&o.profile, "profile", 0, "profile mode: seconds of CPU profile taken from Caddy's admin API during each of -profile-targets, plus allocs")
 	flag.StringVar(&o.profileTargets, "profile-targets", "ab", "targets to profile in -profile mode")
 	flag.Parse()
@@ -169,6 +183,8 @@ func run(o *options) error {
 		return runSoak(s)
 	case o.profile > 0:
 		return runProfile(s)
+	case o.stalled:
+		return runStalled(s)
 	default:
 		return runCompare(s)
 	}
