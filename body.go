@@ -74,7 +74,7 @@ func (p *pendingBodies) readTimeout() time.Duration {
 // enter takes a slot for one more read of up to size bytes from client,
 // or says which bound refuses it. A read larger than the whole budget is
 // let in when nothing else is pending, so a lone one is never refused.
-func (p *pendingBodies) enter(client bucketKey, size int64) (answer, bool) {
+func (p *pendingBodies) enter(client bucketKey, size int64) (refusal answer, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.perClient[client] >= p.maxPerClient {
@@ -86,7 +86,7 @@ func (p *pendingBodies) enter(client bucketKey, size int64) (answer, bool) {
 	p.perClient[client]++
 	p.reserved += size
 	p.reads++
-	return answer{}, true
+	return refusal, true
 }
 
 // leave gives back a slot taken with the same client and size.

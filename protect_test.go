@@ -25,9 +25,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 )
 
@@ -329,42 +326,14 @@ func TestDropIdentityHeadersEverySpelling(t *testing.T) {
 	}
 }
 
-// liveHandlers are the chatkit handlers of the running config, for tests
-// that shorten a bound the Caddyfile does not expose.
-func liveHandlers(t *testing.T) []*Handler {
-	t.Helper()
-	app, err := caddy.ActiveContext().App("http")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*Handler
-	var walk func(caddyhttp.RouteList)
-	walk = func(routes caddyhttp.RouteList) {
-		for _, rt := range routes {
-			for _, mh := range rt.Handlers {
-				switch v := mh.(type) {
-				case *Handler:
-					out = append(out, v)
-				case *caddyhttp.Subroute:
-					walk(v.Routes)
-				}
-			}
-		}
-	}
-	for _, srv := range app.(*caddyhttp.App).Servers {
-		walk(srv.Routes)
-	}
-	if len(out) == 0 {
-		t.Fatal("no chatkit handler in the running config")
-	}
-	return out
-}
-
 // shortenBodyBounds sets every live handler's body read timeout and
 // pending bounds, so a test needs neither 10 s nor 64 MiB of bodies.
 func shortenBodyBounds(t *testing.T, timeout time.Duration, perClient int, maxBytes int64) *pendingBodies {
 	t.Helper()
 	hs := liveHandlers(t)
+	if len(hs) == 0 {
+		t.Fatal("no chatkit handler in the running config")
+	}
 	for _, h := range hs {
 		p := h.protected.pending
 		p.timeout.Store(int64(timeout))
