@@ -159,16 +159,12 @@ func bodyDeadline(x *exchange, timeout time.Duration) (undo func(ended bool)) {
 // on.
 func (h *Handler) readRequestBody(x *exchange, limit int64) ([]byte, bool) {
 	r := x.r
-	if r.ContentLength > limit {
-		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(limit, 10) + " bytes"))
-		return nil, false
+	body, tooLarge, err := []byte(nil), r.ContentLength > limit, error(nil)
+	if !tooLarge && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		undo := bodyDeadline(x, h.protected.pending.readTimeout())
+		body, tooLarge, err = readBody(r, limit)
+		undo(err == nil && !tooLarge)
 	}
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return nil, true
-	}
-	undo := bodyDeadline(x, h.protected.pending.readTimeout())
-	body, tooLarge, err := readBody(r, limit)
-	undo(err == nil && !tooLarge)
 	switch {
 	case tooLarge:
 		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(limit, 10) + " bytes"))

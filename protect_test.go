@@ -348,13 +348,24 @@ func shortenBodyBounds(t *testing.T, timeout time.Duration, perClient int, maxBy
 // and the start of a body promising much more, then stalls.
 func stalledBody(t *testing.T, client string) net.Conn {
 	t.Helper()
+	return stalledRequest(t, "/chatkit", client, "application/json", `{"type":"threads.create","pad":"xxxxxxxx`)
+}
+
+// stalledUpload stalls before even the first multipart delimiter.
+func stalledUpload(t *testing.T, client string) net.Conn {
+	t.Helper()
+	return stalledRequest(t, "/chatkit/upload", client, "multipart/form-data; boundary=xyz", "")
+}
+
+func stalledRequest(t *testing.T, path, client, contentType, start string) net.Conn {
+	t.Helper()
 	c, err := net.Dial("tcp", "localhost:9080")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	_, err = fmt.Fprintf(c, "POST /chatkit HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/json\r\n"+
-		"Content-Length: 1000000\r\nX-Client: %s\r\n\r\n{\"type\":\"threads.create\",\"pad\":\"xxxxxxxx", client)
+	_, err = fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: %s\r\n"+
+		"Content-Length: 1000000\r\nX-Client: %s\r\n\r\n%s", path, contentType, client, start)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,7 +441,7 @@ func TestProtectStalledBodiesAreBounded(t *testing.T) {
 	if r := do(t, c, "POST", "/chatkit", `{"type":"threads.list"}`, "Content-Type", "application/json", "X-Client", "alice"); r.status != 200 {
 		t.Fatalf("another client during the stall: %d %s", r.status, r.body)
 	}
-	held = append(held, stalledBody(t, "bob"), stalledBody(t, "bob"))
+	held = append(held, stalledBody(t, "bob"), stalledUpload(t, "dave"))
 	waitPending(t, pending, 6)
 	resp, body, closed := answerOn(t, stalledBody(t, "carol"), 3*time.Second)
 	if resp.StatusCode != http.StatusServiceUnavailable || body["error"] != "too_many_pending" || resp.Header.Get("Retry-After") == "" || !closed {
@@ -448,12 +459,29 @@ func TestProtectStalledBodiesAreBounded(t *testing.T) {
 	}
 	waitPending(t, pending, 0)
 	for _, seen := range backend.requests() {
-		if seen.path == "/chatkit" && seen.bodyHash != sha256.Sum256([]byte(`{"type":"threads.list"}`)) {
+		if seen.path != "/chatkit" {
 			t.Fatal("a stalled or refused body reached the backend")
 		}
 	}
 	if r := do(t, c, "POST", "/chatkit", `{"type":"threads.create"}`, "Content-Type", "application/json", "X-Client", "mallory"); r.status != 200 {
 		t.Fatalf("mallory after the stall: %d %s", r.status, r.body)
+	}
+}
+
+// The start and refresh paths read their body with the same step: a body
+// that does not arrive in time is dropped, and its connection closed.
+func TestBodyTimeoutOnMintPaths(t *testing.T) {
+	fake := newFake(t)
+	startSite(t, fake, "", "max_body 2MiB", "")
+	shortenBodyBounds(t, 300*time.Millisecond, 4, maxPendingBytes)
+	for _, path := range []string{"/api/chatkit/start", "/api/chatkit/refresh"} {
+		resp, body, closed := answerOn(t, stalledRequest(t, path, "x", "application/json", `{"currentClientSecret":"`), 5*time.Second)
+		if resp.StatusCode != http.StatusRequestTimeout || body["error"] != "body_timeout" || !resp.Close || !closed {
+			t.Fatalf("%s: %d %v, Connection close %v, closed %v", path, resp.StatusCode, body, resp.Close, closed)
+		}
+	}
+	if fake.CreateCount() != 0 {
+		t.Fatal("a stalled body reached OpenAI")
 	}
 }
 
