@@ -106,9 +106,15 @@ export CHATKIT_REQUIRE_REDIS=1 CHATKIT_REQUIRE_BROWSER=1
 
 # -p 1: the root package's caddytest tests use fixed ports (admin 2999,
 # HTTP 9080/9443) and Caddy is one global instance per process, so no two
-# test binaries may run at once.
+# test binaries may run at once. For the same reason, several checkouts
+# tested on one machine must take turns: set CHATKIT_TEST_LOCK to a lock
+# file they share (flock(1)); CI leaves it unset.
 step "go test -race -count=1 -p 1 ./..."
-go test -race -count=1 -p 1 ./...
+lock=()
+if [[ -n ${CHATKIT_TEST_LOCK:-} ]]; then
+	lock=(flock "$CHATKIT_TEST_LOCK")
+fi
+"${lock[@]}" go test -race -count=1 -p 1 ./...
 
 step "building ./cmd/caddy"
 go build -o "$TMP/caddy" ./cmd/caddy
