@@ -268,6 +268,11 @@ func (h *Handler) identifyVisitor(x *exchange) bool {
 		x.refuse(answerUnauthorized)
 		return false
 	}
+	if err != nil && x.r.Context().Err() != nil {
+		// The visitor left while the key was loading: not a server fault.
+		x.refuse(failCanceled.rule().answer)
+		return false
+	}
 	if err != nil {
 		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
 		x.refuse(answerNoIdentity)
