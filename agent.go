@@ -1,0 +1,893 @@
+package chatkit
+
+// The agent mode: the module is the ChatKit server. One POST endpoint
+// answers the ChatKit web component's requests, keeps threads in an
+// embedded database and runs the model through OpenAI's Responses API.
+// This file holds the configuration, the pooled thread store, the dispatch
+// on the request's type and the JSON requests; agent_stream.go runs the
+// model and streams its answer; agent_limits.go holds the limits only the
+// agent has.
+
+import (
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
+)
+
+// Agent defaults.
+const (
+	defaultAgentPath            = "/api/chatkit"
+	defaultAgentHistory         = 30
+	defaultAgentMaxOutputTokens = 2048
+	defaultAgentMaxInput        = 4000
+	defaultAgentIdleTimeout     = 2 * time.Minute
+	// defaultAgentMaxBody fits a 4,000-character message in any script
+	// (up to 4 bytes a character, 6 when JSON escapes it) with room for
+	// the rest of the request.
+	defaultAgentMaxBody = 64 << 10
+	// agentStoreSQLite is the one store type today (Step 11 adds postgres).
+	agentStoreSQLite = "sqlite"
+	// maxAgentInstructions bounds instructions, written or read from a file:
+	// they are sent with every turn.
+	maxAgentInstructions = 256 << 10
+	// minAgentOutputTokens is OpenAI's lower bound on max_output_tokens.
+	minAgentOutputTokens = 16
+	// agentStoreOpenTimeout bounds opening (and migrating) the database;
+	// agentStoreRetry is how long a failed open is answered from memory.
+	agentStoreOpenTimeout = 30 * time.Second
+	agentStoreRetry       = 2 * time.Second
+	// agentStoreBusyWait is the Retry-After of store_unavailable.
+	agentStoreBusyWait = 5 * time.Second
+	// agentSafetyLabel derives the safety_identifier key from the API key,
+	// so the key itself never hashes user ids.
+	agentSafetyLabel = "caddy-chatkit agent safety_identifier v1"
+	// agentTitleLength is the longest title taken from a first message.
+	agentTitleLength = 60
+)
+
+// agentReasoningEfforts are the reasoning_effort values accepted.
+var agentReasoningEfforts = []string{"minimal", "low", "medium", "high"}
+
+// Agent makes the module a ChatKit server: the web component talks to it
+// with `api: { url: '<path>', domainKey: '<key>' }`; threads live in an
+// embedded database and answers come from OpenAI's Responses API. The
+// block's `api_key`, `api_base`, `timeout`, `retries`, `circuit_breaker`,
+// `user`, cookie, `allow_origins`, `rate_limit`, `budget` and `max_body`
+// apply to it as to the other endpoints.
+type Agent struct {
+	// The one ChatKit endpoint, matched exactly on the path as the request
+	// arrived. Default: `/api/chatkit`.
+	Path string `json:"path,omitempty"`
+
+	// The model that answers, such as `gpt-5-mini`. Required unless
+	// `prompt` is set (a dashboard prompt names its own model).
+	Model string `json:"model,omitempty"`
+
+	// The system instructions sent with every turn (at most 256 KiB).
+	Instructions string `json:"instructions,omitempty"`
+
+	// A file the instructions are read from when the config loads
+	// (placeholders allowed in the path). A missing file is a config error.
+	// Not with `instructions`.
+	InstructionsFile string `json:"instructions_file,omitempty"`
+
+	// An OpenAI dashboard prompt to run, instead of or besides model and
+	// instructions.
+	Prompt *AgentPrompt `json:"prompt,omitempty"`
+
+	// Where threads live. Default: SQLite at
+	// `<Caddy data dir>/chatkit/threads.db`.
+	Store *AgentStore `json:"store,omitempty"`
+
+	// How many recent thread items, the new message included, are sent to
+	// the model each turn, 1 to 1000. Default: 30.
+	History int `json:"history,omitempty"`
+
+	// The longest answer, in tokens (at least 16). Default: 2048.
+	MaxOutputTokens int `json:"max_output_tokens,omitempty"`
+
+	// Reasoning effort for reasoning models: `minimal`, `low`, `medium` or
+	// `high`. Default: the model's own.
+	ReasoningEffort string `json:"reasoning_effort,omitempty"`
+
+	// The longest user message accepted, in characters. Default: 4000.
+	MaxInput int `json:"max_input,omitempty"`
+
+	// The model that writes thread titles with one short call after a
+	// thread's first answer, or `off` (the default): the title is then the
+	// first message, cut to about 60 characters at a word boundary.
+	TitleModel string `json:"title_model,omitempty"`
+
+	// Tokens (as OpenAI reports them) allowed per user and for the whole
+	// site. Default: no limit.
+	TokenBudget *AgentTokenBudget `json:"token_budget,omitempty"`
+
+	// The longest silence from the model once it has started answering;
+	// past it the turn ends with an error and the partial answer saved.
+	// Default: 2m.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// The Responses API's `store` flag: whether OpenAI keeps the responses.
+	// Default: off, since the conversation lives in the module's database.
+	OpenAIStore bool `json:"openai_store,omitempty"`
+}
+
+// AgentPrompt names an OpenAI dashboard prompt.
+type AgentPrompt struct {
+	// The prompt id (`pmpt_…`). Placeholders are resolved at load time.
+	ID string `json:"id"`
+
+	// A pinned version. Default: the prompt's current version.
+	Version string `json:"version,omitempty"`
+}
+
+// AgentStore says where threads live.
+type AgentStore struct {
+	// The store type: `sqlite`. Default: `sqlite`.
+	Type string `json:"type,omitempty"`
+
+	// The SQLite file (placeholders allowed); a relative path is taken from
+	// Caddy's data directory. Default: `<data dir>/chatkit/threads.db`.
+	// Handlers naming the same file share one open database, across
+	// config reloads.
+	Path string `json:"path,omitempty"`
+}
+
+// AgentTokenBudget holds the token budgets, each optional.
+type AgentTokenBudget struct {
+	// Tokens one user may spend per interval.
+	User *TokenBudgetLimit `json:"user,omitempty"`
+
+	// Tokens the whole site may spend per interval.
+	Site *TokenBudgetLimit `json:"site,omitempty"`
+}
+
+// TokenBudgetLimit is a number of tokens per fixed window of time: once a
+// window's usage has reached it, no turn starts until the next window (a
+// turn that started under the budget may finish over it).
+type TokenBudgetLimit struct {
+	// Tokens per window (input and output together, as OpenAI's
+	// `usage.total_tokens`).
+	Tokens int64 `json:"tokens"`
+
+	// The window's length; windows are aligned to the Unix epoch.
+	Interval caddy.Duration `json:"interval"`
+}
+
+// agentRuntime is an Agent ready to serve.
+type agentRuntime struct {
+	path            string
+	model           string
+	history         int
+	maxInput        int
+	maxBody         int64
+	idleTimeout     time.Duration
+	titleModel      string // "" when titles come from the first message
+	reasoningEffort string
+	// bodyHead is the start of every Responses request, up to `"input":`.
+	bodyHead []byte
+	// sidKey is the HMAC key for safety_identifier.
+	sidKey []byte
+
+	userBudget, siteBudget *tokenLimit
+
+	store    *agentStoreHandle
+	storeKey string
+	zoneKey  string
+	zone     *agentZone
+	released bool
+}
+
+// validate checks the rules that need nothing resolved.
+func (a *Agent) validate() error {
+	if a.Path != "" && !strings.HasPrefix(a.Path, "/") {
+		return fmt.Errorf("chatkit: agent path must start with '/': %q", a.Path)
+	}
+	if a.Model == "" && (a.Prompt == nil || a.Prompt.ID == "") {
+		return errors.New("chatkit: agent needs a model (or a prompt)")
+	}
+	if a.Prompt != nil && a.Prompt.ID == "" {
+		return errors.New("chatkit: agent prompt needs an id")
+	}
+	if a.Instructions != "" && a.InstructionsFile != "" {
+		return errors.New("chatkit: agent takes instructions or instructions_file, not both")
+	}
+	if len(a.Instructions) > maxAgentInstructions {
+		return fmt.Errorf("chatkit: agent instructions are longer than %d KiB", maxAgentInstructions>>10)
+	}
+	if s := a.Store; s != nil && s.Type != "" && s.Type != agentStoreSQLite {
+		return fmt.Errorf("chatkit: agent store must be sqlite, got %q", s.Type)
+	}
+	if a.History < 0 || a.History > threadstore.MaxRecentItems {
+		return fmt.Errorf("chatkit: agent history must be 1 to %d, got %d", threadstore.MaxRecentItems, a.History)
+	}
+	if a.MaxOutputTokens != 0 && a.MaxOutputTokens < minAgentOutputTokens {
+		return fmt.Errorf("chatkit: agent max_output_tokens must be at least %d, got %d", minAgentOutputTokens, a.MaxOutputTokens)
+	}
+	if a.ReasoningEffort != "" && !containsString(agentReasoningEfforts, a.ReasoningEffort) {
+		return fmt.Errorf("chatkit: agent reasoning_effort must be one of %s, got %q", strings.Join(agentReasoningEfforts, ", "), a.ReasoningEffort)
+	}
+	if a.MaxInput < 0 {
+		return fmt.Errorf("chatkit: agent max_input must be at least 1, got %d", a.MaxInput)
+	}
+	if a.IdleTimeout < 0 {
+		return errors.New("chatkit: agent idle_timeout must be positive")
+	}
+	if b := a.TokenBudget; b != nil {
+		for scope, l := range map[string]*TokenBudgetLimit{"user": b.User, "site": b.Site} {
+			if l != nil && (l.Tokens < 1 || l.Interval <= 0) {
+				return fmt.Errorf("chatkit: agent token_budget %s needs a positive token count and interval", scope)
+			}
+		}
+	}
+	return nil
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// provisionAgent builds the agent from its config. It reads
+// instructions_file and nothing else: the database opens on first use.
+// The API key, the upstream client and the rate-limit zone must be ready.
+func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
+	cfg := h.Agent
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	a := &agentRuntime{
+		path:            cmp.Or(cfg.Path, defaultAgentPath),
+		model:           strings.TrimSpace(repl.ReplaceAll(cfg.Model, "")),
+		history:         cmp.Or(cfg.History, defaultAgentHistory),
+		maxInput:        cmp.Or(cfg.MaxInput, defaultAgentMaxInput),
+		maxBody:         cmp.Or(h.MaxBody, defaultAgentMaxBody),
+		idleTimeout:     cmp.Or(time.Duration(cfg.IdleTimeout), defaultAgentIdleTimeout),
+		reasoningEffort: cfg.ReasoningEffort,
+	}
+	if tm := strings.TrimSpace(cfg.TitleModel); tm != "" && tm != "off" {
+		a.titleModel = tm
+	}
+	instructions := cfg.Instructions
+	if cfg.InstructionsFile != "" {
+		path := repl.ReplaceAll(cfg.InstructionsFile, "")
+		data, err := readAgentInstructions(path)
+		if err != nil {
+			return err
+		}
+		instructions = data
+	}
+	var prompt *AgentPrompt
+	if cfg.Prompt != nil {
+		prompt = &AgentPrompt{
+			ID:      strings.TrimSpace(repl.ReplaceAll(cfg.Prompt.ID, "")),
+			Version: strings.TrimSpace(repl.ReplaceAll(cfg.Prompt.Version, "")),
+		}
+		if prompt.ID == "" {
+			return fmt.Errorf("chatkit: agent prompt id %q resolved to an empty value", cfg.Prompt.ID)
+		}
+	}
+	if a.model == "" && prompt == nil {
+		return fmt.Errorf("chatkit: agent model %q resolved to an empty value", cfg.Model)
+	}
+	maxOutput := cmp.Or(cfg.MaxOutputTokens, defaultAgentMaxOutputTokens)
+	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort)
+
+	mac := hmac.New(sha256.New, []byte(h.apiKey))
+	mac.Write([]byte(agentSafetyLabel))
+	a.sidKey = mac.Sum(nil)
+
+	if b := cfg.TokenBudget; b != nil {
+		if b.User != nil {
+			a.userBudget = &tokenLimit{tokens: b.User.Tokens, interval: time.Duration(b.User.Interval)}
+		}
+		if b.Site != nil {
+			a.siteBudget = &tokenLimit{tokens: b.Site.Tokens, interval: time.Duration(b.Site.Interval)}
+		}
+	}
+
+	storePath := ""
+	if cfg.Store != nil {
+		storePath = repl.ReplaceAll(cfg.Store.Path, "")
+	}
+	switch {
+	case storePath == "":
+		storePath = filepath.Join(caddy.AppDataDir(), "chatkit", "threads.db")
+	case !filepath.IsAbs(storePath):
+		storePath = filepath.Join(caddy.AppDataDir(), storePath)
+	}
+	storePath = filepath.Clean(storePath)
+	a.storeKey = agentStoreSQLite + ":" + storePath
+	val, _, err := agentStores.LoadOrNew(a.storeKey, func() (caddy.Destructor, error) {
+		return newAgentStoreHandle(storePath, openSQLiteStore(storePath)), nil
+	})
+	if err != nil {
+		return err
+	}
+	a.store = val.(*agentStoreHandle)
+
+	a.zoneKey = "agent:" + h.limiter.zoneKey
+	maxKeys := defaultMaxKeys
+	if h.RateLimit != nil && h.RateLimit.MaxKeys > 0 {
+		maxKeys = h.RateLimit.MaxKeys
+	}
+	zv, _, err := agentZones.LoadOrNew(a.zoneKey, func() (caddy.Destructor, error) {
+		return newAgentZone(maxKeys), nil
+	})
+	if err != nil {
+		_, _ = agentStores.Delete(a.storeKey)
+		return err
+	}
+	a.zone = zv.(*agentZone)
+	h.agent = a
+	return nil
+}
+
+// readAgentInstructions reads instructions_file, bounded.
+func readAgentInstructions(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("chatkit: agent instructions_file: %w", err)
+	}
+	defer f.Close()
+	data, err := readCapped(f, -1, maxAgentInstructions+1)
+	if err != nil {
+		return "", fmt.Errorf("chatkit: agent instructions_file: %w", err)
+	}
+	if len(data) > maxAgentInstructions {
+		return "", fmt.Errorf("chatkit: agent instructions_file %s is larger than %d KiB", path, maxAgentInstructions>>10)
+	}
+	if !utf8.Valid(data) {
+		return "", fmt.Errorf("chatkit: agent instructions_file %s is not UTF-8 text", path)
+	}
+	return string(data), nil
+}
+
+// cleanupAgent releases the pooled store and zone. A stream still running
+// keeps the store open until it ends (see agentStoreHandle.Destruct).
+func (h *Handler) cleanupAgent() {
+	a := h.agent
+	if a == nil || a.released {
+		return
+	}
+	a.released = true
+	if a.store != nil {
+		_, _ = agentStores.Delete(a.storeKey)
+	}
+	if a.zone != nil {
+		_, _ = agentZones.Delete(a.zoneKey)
+	}
+}
+
+// appendAgentBodyHead encodes the fixed start of every Responses request:
+// everything but the input and the safety identifier, in one buffer built
+// once.
+func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPrompt, maxOutput int, store bool, effort string) []byte {
+	buf = append(buf, '{')
+	if model != "" {
+		buf = append(buf, `"model":`...)
+		buf = appendAgentString(buf, model)
+		buf = append(buf, ',')
+	}
+	if instructions != "" {
+		buf = append(buf, `"instructions":`...)
+		buf = appendAgentString(buf, instructions)
+		buf = append(buf, ',')
+	}
+	if prompt != nil {
+		buf = append(buf, `"prompt":{"id":`...)
+		buf = appendAgentString(buf, prompt.ID)
+		if prompt.Version != "" {
+			buf = append(buf, `,"version":`...)
+			buf = appendAgentString(buf, prompt.Version)
+		}
+		buf = append(buf, "},"...)
+	}
+	if effort != "" {
+		buf = append(buf, `"reasoning":{"effort":`...)
+		buf = appendAgentString(buf, effort)
+		buf = append(buf, "},"...)
+	}
+	buf = append(buf, `"max_output_tokens":`...)
+	buf = strconv.AppendInt(buf, int64(maxOutput), 10)
+	buf = append(buf, `,"store":`...)
+	buf = strconv.AppendBool(buf, store)
+	return append(buf, `,"stream":true,"input":`...)
+}
+
+// safetyIdentifier is what OpenAI gets instead of the user id: a keyed
+// hash, `sid_` and 60 hex digits (OpenAI allows 64 characters).
+func (a *agentRuntime) safetyIdentifier(user string) string {
+	mac := hmac.New(sha256.New, a.sidKey)
+	mac.Write([]byte(user))
+	var sum [sha256.Size]byte
+	return "sid_" + hex.EncodeToString(mac.Sum(sum[:0]))[:60]
+}
+
+// agentNewID returns a fresh id: the prefix, an underscore and 96 random
+// bits in hex. Ids are never OpenAI's.
+func agentNewID(prefix string) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return prefix + "_" + hex.EncodeToString(b[:])
+}
+
+// agentTitle is a title taken from the first message: its first line, cut
+// to agentTitleLength characters at a word boundary.
+func agentTitle(message string) string {
+	s := strings.TrimSpace(message)
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = strings.TrimSpace(s[:i])
+	}
+	s = strings.Join(strings.FieldsFunc(s, unicode.IsSpace), " ")
+	if utf8.RuneCountInString(s) <= agentTitleLength {
+		return s
+	}
+	runes := []rune(s)
+	cut := agentTitleLength
+	for i := agentTitleLength; i > agentTitleLength/2; i-- {
+		if runes[i] == ' ' {
+			cut = i
+			break
+		}
+	}
+	return strings.TrimRightFunc(string(runes[:cut]), func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsPunct(r)
+	}) + "…"
+}
+
+// ---------------------------------------------------------------- store pool
+
+// agentStores holds one open thread store per database file, shared by
+// every handler naming it and across config reloads.
+var agentStores = caddy.NewUsagePool()
+
+// agentStoreHandle is a pooled database: opened on first use, with one
+// open at a time (concurrent first requests wait for it), and kept open
+// while any request uses it, even after the last config using it went.
+type agentStoreHandle struct {
+	path string
+	open func(ctx context.Context) (threadstore.Store, error)
+	busy busyThreads
+
+	mu         sync.Mutex
+	store      threadstore.Store
+	opening    chan struct{} // closed when the open in flight ends
+	openErr    error
+	retryAt    time.Time
+	users      int
+	destructed bool
+}
+
+func newAgentStoreHandle(path string, open func(context.Context) (threadstore.Store, error)) *agentStoreHandle {
+	return &agentStoreHandle{path: path, open: open}
+}
+
+func openSQLiteStore(path string) func(context.Context) (threadstore.Store, error) {
+	return func(ctx context.Context) (threadstore.Store, error) {
+		return threadstore.OpenSQLite(ctx, path, threadstore.SQLiteOptions{})
+	}
+}
+
+// errAgentStoreOpen wraps why the database could not be opened.
+var errAgentStoreOpen = errors.New("the thread store could not be opened")
+
+// acquire returns the open store, opening it if needed; release must be
+// called when the request is done with it. A failed open is remembered for
+// a moment, so a broken database is not retried on every request.
+func (s *agentStoreHandle) acquire(ctx context.Context) (threadstore.Store, func(), error) {
+	for {
+		s.mu.Lock()
+		if s.destructed {
+			s.mu.Unlock()
+			return nil, nil, threadstore.ErrClosed
+		}
+		if s.store != nil {
+			s.users++
+			st := s.store
+			s.mu.Unlock()
+			return st, s.release, nil
+		}
+		if s.opening == nil && s.openErr != nil && time.Now().Before(s.retryAt) {
+			err := s.openErr
+			s.mu.Unlock()
+			return nil, nil, err
+		}
+		if wait := s.opening; wait != nil {
+			s.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, nil, fmt.Errorf("%w: %w", threadstore.ErrUnavailable, ctx.Err())
+			}
+		}
+		done := make(chan struct{})
+		s.opening = done
+		s.mu.Unlock()
+
+		// Detached: requests waiting on this open must not fail because the
+		// first one's browser went away.
+		openCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentStoreOpenTimeout)
+		st, err := s.open(openCtx)
+		cancel()
+		s.mu.Lock()
+		s.opening = nil
+		if err != nil {
+			s.openErr = fmt.Errorf("%w: %w", errAgentStoreOpen, err)
+			s.retryAt = time.Now().Add(agentStoreRetry)
+		} else if s.destructed {
+			_ = st.Close()
+		} else {
+			s.store, s.openErr = st, nil
+		}
+		close(done)
+		s.mu.Unlock()
+	}
+}
+
+func (s *agentStoreHandle) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users--
+	if s.destructed && s.users == 0 {
+		s.closeLocked()
+	}
+}
+
+// Destruct is called when no config uses the database any more; it closes
+// it now, or when the last request using it ends.
+func (s *agentStoreHandle) Destruct() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.destructed = true
+	if s.users == 0 {
+		s.closeLocked()
+	}
+	return nil
+}
+
+func (s *agentStoreHandle) closeLocked() {
+	if s.store != nil {
+		_ = s.store.Close()
+		s.store = nil
+	}
+}
+
+// ---------------------------------------------------------------- metrics
+
+var (
+	agentRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "agent_requests_total",
+		Help: "Requests to the agent endpoint, by ChatKit request type and outcome.",
+	}, []string{"type", "outcome"})
+
+	agentTokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "agent_tokens_total",
+		Help: "Tokens OpenAI reported for agent turns and titles, by direction (input, output).",
+	}, []string{"direction"})
+
+	agentFeedback = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "chatkit", Name: "agent_feedback_total",
+		Help: "Items rated with items.feedback, by kind (positive, negative).",
+	}, []string{"kind"})
+)
+
+// registerAgentMetrics adds the agent's collectors to a config's registry.
+func registerAgentMetrics(registry prometheus.Registerer) error {
+	if registry == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{agentRequests, agentTokens, agentFeedback} {
+		if err := registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// agentMetricType bounds the type label.
+func agentMetricType(t string) string {
+	switch t {
+	case agentThreadsCreate, agentThreadsAddUserMessage, agentThreadsRetryAfterItem,
+		agentThreadsGetByID, agentThreadsList, agentItemsList, agentThreadsUpdate,
+		agentThreadsDelete, agentItemsFeedback:
+		return t
+	case "":
+		return "none"
+	}
+	return "other"
+}
+
+// ---------------------------------------------------------------- dispatch
+
+// corsAgentMethods are what the web component uses against the endpoint.
+const corsAgentMethods = "POST, OPTIONS"
+
+// serveAgent answers one request to the agent endpoint: origin, method,
+// body and type, then the request itself. Everything decided before
+// anything is saved is answered as JSON.
+func (h *Handler) serveAgent(x *exchange) {
+	a := h.agent
+	r := x.r
+	defer func() {
+		agentRequests.WithLabelValues(agentMetricType(x.requestType), x.outcome).Inc()
+	}()
+	x.scheme = browserScheme(r)
+	x.verdict = h.origins.judge(r, x.scheme)
+	setCORS(x.w.Header(), x.verdict)
+	if r.Method == http.MethodOptions {
+		h.serveAgentPreflight(x)
+		return
+	}
+	if r.Method != http.MethodPost {
+		x.w.Header().Set("Allow", "OPTIONS, POST")
+		x.refuse(answerMethodNotAllowed)
+		return
+	}
+	if !x.verdict.allowed {
+		x.refuse(answerOriginDenied)
+		return
+	}
+	body, tooLarge, err := readBody(r, a.maxBody)
+	if tooLarge {
+		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(a.maxBody, 10) + " bytes"))
+		return
+	}
+	if err != nil {
+		x.refuse(answerUnreadableBody)
+		return
+	}
+	req, derr := decodeAgentRequest(body, agentRequestLimits{MaxInput: a.maxInput})
+	if derr != nil {
+		x.requestType = "malformed"
+		// Probing with bad bodies is not free.
+		verdict, state := h.limiter.chargeClient(r.Context(), r, x.repl, h.now())
+		x.rateLimit = state
+		if x.admitted(verdict) {
+			x.refuse(answerBadRequest.withMessage(derr.Error()))
+		}
+		return
+	}
+	x.requestType = req.Type
+	if req.streaming() {
+		h.serveAgentTurn(x, &req)
+		return
+	}
+	h.serveAgentJSON(x, &req)
+}
+
+// serveAgentPreflight answers OPTIONS: a CORS preflight reflects the
+// requested headers (the web component sends chatkit-frame-instance-id); a
+// plain OPTIONS gets the methods.
+func (h *Handler) serveAgentPreflight(x *exchange) {
+	x.outcome = outcomePreflight
+	x.requestType = "preflight"
+	hdr := x.w.Header()
+	if x.r.Header.Get("Origin") == "" {
+		hdr.Set("Allow", "OPTIONS, POST")
+		x.writeStatus(http.StatusNoContent)
+		return
+	}
+	if !x.verdict.cors {
+		x.refuse(answerOriginDenied)
+		return
+	}
+	hdr.Set("Access-Control-Allow-Methods", corsAgentMethods)
+	if requested := x.r.Header.Get("Access-Control-Request-Headers"); requested != "" && isHeaderList(requested) {
+		hdr.Set("Access-Control-Allow-Headers", requested)
+	}
+	hdr.Set("Access-Control-Max-Age", corsMaxAge)
+	x.writeStatus(http.StatusNoContent)
+}
+
+// agentIdentify establishes the user; it answers the request itself when
+// it cannot.
+func (h *Handler) agentIdentify(x *exchange) bool {
+	v, err := h.identity.identify(x.r.Context(), x.r, x.repl, x.secure())
+	if errors.Is(err, errNoUser) {
+		x.refuse(answerUnauthorized)
+		return false
+	}
+	if err != nil {
+		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
+		x.refuse(answerNoIdentity)
+		return false
+	}
+	x.user = v.user
+	if v.cookie != nil {
+		http.SetCookie(x.w, v.cookie)
+	}
+	return true
+}
+
+// openAgentStore returns the store for this request, answering 503 when it
+// cannot be opened.
+func (h *Handler) openAgentStore(x *exchange) (threadstore.Store, func(), bool) {
+	st, release, err := h.agent.store.acquire(x.r.Context())
+	if err != nil {
+		h.failAgentStore(x, "open", err)
+		return nil, nil, false
+	}
+	return st, release, true
+}
+
+// failAgentStore answers a store error: not found is the caller's 404
+// (whoever owns the thread), unavailable a 503, anything else a 500. The
+// cause is logged, never sent.
+func (h *Handler) failAgentStore(x *exchange, op string, err error) {
+	switch {
+	case errors.Is(err, threadstore.ErrNotFound):
+		x.refuse(answerNotFound)
+		return
+	case x.r.Context().Err() != nil:
+		x.outcome = outcomeClientClosed
+		x.status = 499
+		return
+	case errors.Is(err, threadstore.ErrUnavailable), errors.Is(err, errAgentStoreOpen):
+		h.logger.Error("the agent's thread store is unavailable",
+			zap.String("request_id", x.requestID), zap.String("operation", op),
+			zap.String("path", h.agent.store.path), zap.Error(err))
+		x.refuseAfter(answerStoreUnavailable, agentStoreBusyWait)
+	default:
+		h.logger.Error("the agent's thread store failed",
+			zap.String("request_id", x.requestID), zap.String("operation", op), zap.Error(err))
+		x.refuse(answerStoreFailed)
+	}
+}
+
+// serveAgentJSON answers the requests that read or change threads without
+// running the model. They spend no rate-limit token but each client has a
+// read bucket.
+func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
+	a := h.agent
+	if !h.agentReadAllowed(x) {
+		return
+	}
+	if !h.agentIdentify(x) {
+		return
+	}
+	st, release, ok := h.openAgentStore(x)
+	if !ok {
+		return
+	}
+	defer release()
+	ctx, owner := x.r.Context(), x.user
+	x.logFields = append(x.logFields, zap.String("thread_id", req.ThreadID))
+
+	var out []byte
+	switch req.Type {
+	case agentThreadsGetByID:
+		t, err := st.Thread(ctx, owner, req.ThreadID)
+		if err != nil {
+			h.failAgentStore(x, "thread", err)
+			return
+		}
+		// The oldest page, as chatkit-python answers; the client pages on
+		// with items.list.
+		page, err := st.ListItems(ctx, owner, t.ID, "", agentDefaultPageLimit, threadstore.Asc)
+		if err != nil {
+			h.failAgentStore(x, "list items", err)
+			return
+		}
+		th := agentThreadOf(t)
+		out = th.appendJSON(make([]byte, 0, 512), agentVisibleItems(page.Data), page.HasMore, page.After)
+	case agentThreadsList:
+		page, err := st.ListThreads(ctx, owner, req.After, req.Limit, threadstore.Order(req.Order))
+		if err != nil {
+			h.failAgentStore(x, "list threads", err)
+			return
+		}
+		threads := make([]agentThread, len(page.Data))
+		for i := range page.Data {
+			threads[i] = agentThreadOf(page.Data[i])
+		}
+		out = appendAgentThreadsPage(make([]byte, 0, 256*len(threads)+32), threads, page.HasMore, page.After)
+	case agentItemsList:
+		page, err := st.ListItems(ctx, owner, req.ThreadID, req.After, req.Limit, threadstore.Order(req.Order))
+		if err != nil {
+			h.failAgentStore(x, "list items", err)
+			return
+		}
+		out = appendAgentItemsPage(make([]byte, 0, 512), agentVisibleItems(page.Data), page.HasMore, page.After)
+	case agentThreadsUpdate:
+		title := req.Title
+		t, err := st.UpdateThread(ctx, owner, req.ThreadID, threadstore.ThreadUpdate{Title: &title})
+		if err != nil {
+			h.failAgentStore(x, "update thread", err)
+			return
+		}
+		th := agentThreadOf(t)
+		out = th.appendJSON(make([]byte, 0, 256), nil, false, "")
+	case agentThreadsDelete:
+		// Only the owner learns whether the thread is busy.
+		if _, err := st.Thread(ctx, owner, req.ThreadID); err != nil {
+			h.failAgentStore(x, "thread", err)
+			return
+		}
+		if !a.store.busy.claim(req.ThreadID) {
+			x.refuse(answerThreadBusy)
+			return
+		}
+		_, err := st.DeleteThread(ctx, owner, req.ThreadID)
+		a.store.busy.release(req.ThreadID)
+		if err != nil {
+			h.failAgentStore(x, "delete thread", err)
+			return
+		}
+		out = []byte(agentEmptyObject)
+	case agentItemsFeedback:
+		kind := threadstore.FeedbackKind(req.Kind)
+		if err := st.AddFeedback(ctx, owner, req.ThreadID, req.ItemIDs, kind); err != nil {
+			h.failAgentStore(x, "feedback", err)
+			return
+		}
+		agentFeedback.WithLabelValues(req.Kind).Add(float64(len(req.ItemIDs)))
+		out = []byte(agentEmptyObject)
+	default:
+		x.refuse(answerBadRequest.withMessage("unknown request type"))
+		return
+	}
+	x.outcome = outcomeSuccess
+	x.writeJSON(http.StatusOK, out)
+}
+
+// agentReadAllowed spends a token from the client's read bucket (on while
+// rate_limit is), answering 429 when it is empty.
+func (h *Handler) agentReadAllowed(x *exchange) bool {
+	if h.limiter.policy == "" {
+		return true
+	}
+	key := h.limiter.clientKey(x.r, x.repl)
+	d := h.agent.zone.reads.allow(key, limit{burst: agentReadBurst, interval: agentReadInterval}, h.now().UnixNano())
+	if d.allowed {
+		return true
+	}
+	x.refuseAfter(answerRateLimited, d.retryAfter)
+	return false
+}
+
+// agentThreadOf is a stored thread as the client sees it.
+func agentThreadOf(t threadstore.Thread) agentThread {
+	return agentThread{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt, Status: t.Status}
+}
+
+// agentVisibleItems drops the items the client never sees (the page may
+// then hold fewer than its limit, as chatkit-python's does).
+func agentVisibleItems(items []threadstore.Item) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(items))
+	for i := range items {
+		if !agentItemHidden(items[i].Type) {
+			out = append(out, items[i].Data)
+		}
+	}
+	return out
+}

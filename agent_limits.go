@@ -1,0 +1,223 @@
+package chatkit
+
+// Limits that only the agent has: token budgets (what OpenAI reports a turn
+// cost, per user and for the site, in fixed windows), the bucket that bounds
+// reads of the thread store, and the rule of one running turn per thread.
+// Model runs also spend the block's `rate_limit` token and `budget` run,
+// which live in the rate-limit zone (ratelimit.go).
+
+import (
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// The read bucket: threads.get_by_id, threads.list, items.list and the JSON
+// writes cost no rate-limit token, but each client may make at most
+// agentReadBurst of them at once, then one more per agentReadInterval
+// (240 a minute), so that nobody can keep the database busy.
+const (
+	agentReadBurst    = 60
+	agentReadInterval = 250 * time.Millisecond
+)
+
+// agentTokenSample is how many tracked users a full token ledger looks at
+// to find the one to forget (the one that spent least).
+const agentTokenSample = 8
+
+// agentZones holds each rate-limit zone's agent state (token ledgers and
+// read buckets) across config reloads, like the zone's own buckets.
+var agentZones = caddy.NewUsagePool()
+
+// agentZone is the agent's part of a rate-limit zone.
+type agentZone struct {
+	tokens *tokenLedger
+	reads  *bucketStore
+}
+
+func newAgentZone(maxKeys int) *agentZone {
+	return &agentZone{tokens: newTokenLedger(maxKeys), reads: newBucketStore(maxKeys)}
+}
+
+// Destruct has nothing to stop: the zone holds memory only.
+func (z *agentZone) Destruct() error { return nil }
+
+// tokenLimit is a token_budget: tokens per fixed window of interval.
+type tokenLimit struct {
+	tokens   int64
+	interval time.Duration
+}
+
+// window returns the index of the fixed window now falls in and when it ends.
+func (l tokenLimit) window(now time.Time) (index int64, end time.Time) {
+	ns := now.UnixNano()
+	iv := int64(l.interval)
+	index = ns / iv
+	if ns < 0 && ns%iv != 0 {
+		index-- // floor, for clocks before 1970
+	}
+	return index, time.Unix(0, (index+1)*iv)
+}
+
+// tokenWindow is what was spent in one window.
+type tokenWindow struct {
+	index int64
+	used  int64
+}
+
+// current returns the spend in now's window. A window that has passed
+// counts nothing; one ahead of now (the clock stepped back) is kept as the
+// current one, so a clock step never hands back a spent budget.
+func (w *tokenWindow) current(index int64) *tokenWindow {
+	if index > w.index {
+		w.index, w.used = index, 0
+	}
+	return w
+}
+
+// tokenLedger counts tokens per user and for the site. Admission is exact:
+// once a window's usage has reached its budget, nothing more is admitted in
+// it; a turn admitted under the budget may finish over it. At most maxUsers
+// users are tracked: a new user past that replaces, among a few sampled,
+// the one that spent least in its window (bounded memory; under a flood of
+// new users a forgotten user may get a fresh budget).
+type tokenLedger struct {
+	mu       sync.Mutex
+	site     tokenWindow
+	users    map[string]*tokenWindow
+	maxUsers int
+}
+
+func newTokenLedger(maxUsers int) *tokenLedger {
+	return &tokenLedger{users: make(map[string]*tokenWindow), maxUsers: max(maxUsers, 1)}
+}
+
+// tokenScope says which budget refused a turn.
+type tokenScope uint8
+
+const (
+	tokenScopeNone tokenScope = iota
+	tokenScopeUser
+	tokenScopeSite
+)
+
+// admit decides whether user may start a turn now; when not, it says which
+// budget is spent and when its window ends. A nil limit is no budget.
+func (l *tokenLedger) admit(user string, perUser, site *tokenLimit, now time.Time) (tokenScope, time.Duration) {
+	if perUser == nil && site == nil {
+		return tokenScopeNone, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if site != nil {
+		index, end := site.window(now)
+		if l.site.current(index).used >= site.tokens {
+			return tokenScopeSite, end.Sub(now)
+		}
+	}
+	if perUser != nil {
+		if w := l.users[user]; w != nil {
+			index, end := perUser.window(now)
+			if w.current(index).used >= perUser.tokens {
+				return tokenScopeUser, end.Sub(now)
+			}
+		}
+	}
+	return tokenScopeNone, 0
+}
+
+// charge adds what a turn cost to the windows now falls in.
+func (l *tokenLedger) charge(user string, tokens int64, perUser, site *tokenLimit, now time.Time) {
+	if tokens <= 0 || (perUser == nil && site == nil) {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if site != nil {
+		index, _ := site.window(now)
+		l.site.current(index).used += tokens
+	}
+	if perUser == nil {
+		return
+	}
+	index, _ := perUser.window(now)
+	w := l.users[user]
+	if w == nil {
+		if len(l.users) >= l.maxUsers {
+			l.forgetOne(index)
+		}
+		w = &tokenWindow{index: index}
+		l.users[user] = w
+	}
+	w.current(index).used += tokens
+}
+
+// forgetOne drops a user to make room: one whose window has passed if the
+// sample holds one, else the one that spent least.
+func (l *tokenLedger) forgetOne(index int64) {
+	victim, least, n := "", int64(-1), 0
+	for user, w := range l.users {
+		if w.index < index {
+			victim = user
+			break
+		}
+		if least < 0 || w.used < least {
+			victim, least = user, w.used
+		}
+		if n++; n >= agentTokenSample {
+			break
+		}
+	}
+	delete(l.users, victim)
+}
+
+// spent reports what user and the site have spent in now's windows (for
+// tests and logs).
+func (l *tokenLedger) spent(user string, perUser, site *tokenLimit, now time.Time) (userTokens, siteTokens int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if site != nil {
+		index, _ := site.window(now)
+		if l.site.index >= index {
+			siteTokens = l.site.used
+		}
+	}
+	if w := l.users[user]; w != nil && perUser != nil {
+		index, _ := perUser.window(now)
+		if w.index >= index {
+			userTokens = w.used
+		}
+	}
+	return userTokens, siteTokens
+}
+
+// busyThreads is the set of threads with a turn running, in this process:
+// a second model run on a thread that is answering is refused, since two
+// answers interleaved in one thread make no sense to anyone. It lives in the
+// pooled store, so handlers sharing a database share it, across reloads.
+type busyThreads struct {
+	mu      sync.Mutex
+	threads map[string]struct{}
+}
+
+// claim marks the thread busy; false if it already was.
+func (b *busyThreads) claim(threadID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, busy := b.threads[threadID]; busy {
+		return false
+	}
+	if b.threads == nil {
+		b.threads = make(map[string]struct{})
+	}
+	b.threads[threadID] = struct{}{}
+	return true
+}
+
+// release ends a claim.
+func (b *busyThreads) release(threadID string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.threads, threadID)
+}

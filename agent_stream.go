@@ -1,0 +1,704 @@
+package chatkit
+
+// A model-running request (threads.create, threads.add_user_message,
+// threads.retry_after_item) as it streams. The order is the reference
+// server's: thread.created, the user item (saved first), stream_options,
+// then the model's answer as it arrives, each item saved before its done
+// event goes out, then thread.updated for a new title. Limits are decided
+// before anything is saved; after the first frame every failure is an
+// `error` event and the stream closes, with everything already saved kept.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
+)
+
+const (
+	// agentMaxEvent bounds one upstream event: events echo the whole
+	// response (instructions included), so this is well above any answer.
+	agentMaxEvent = 4 << 20
+	// agentSaveTimeout bounds each save, which runs detached from the
+	// request so that an answer cut short by the browser leaving is kept.
+	agentSaveTimeout = 10 * time.Second
+	// agentTitleOutputTokens leaves a reasoning model room to think before
+	// a six-word title.
+	agentTitleOutputTokens = 256
+	agentTitleInstructions = "Write a short title, at most six words, for a conversation that starts with the user's message below. Answer with the title only, without quotes."
+)
+
+// Why a turn's upstream context was cancelled.
+var (
+	errAgentFirstByte  = errors.New("the model did not start answering within the timeout")
+	errAgentIdle       = errors.New("the model fell silent for longer than idle_timeout")
+	errAgentClientGone = errors.New("the browser went away")
+	errAgentSaveFailed = errors.New("an item could not be saved")
+)
+
+// agentTurn is one model-running request.
+type agentTurn struct {
+	h     *Handler
+	x     *exchange
+	a     *agentRuntime
+	st    threadstore.Store
+	req   *agentRequest
+	owner string
+
+	thread agentThread
+	// retryItem is the user message threads.retry_after_item answers again.
+	retryItem string
+	probe     bool // this turn is the breaker's half-open probe
+
+	frames agentFrames
+	rc     *http.ResponseController
+	gone   bool // writing to the browser failed
+	cancel context.CancelCauseFunc
+	// failed is set once a store error ended the turn (already reported).
+	failed bool
+}
+
+// setAgentStreamHeaders sets what every event stream carries: the type,
+// no caching anywhere, and no buffering in a proxy in front (nginx).
+func setAgentStreamHeaders(hdr http.Header) {
+	hdr["Content-Type"] = []string{"text/event-stream"}
+	hdr["Cache-Control"] = []string{"no-store"}
+	hdr["X-Accel-Buffering"] = []string{"no"}
+	hdr["X-Content-Type-Options"] = []string{"nosniff"}
+}
+
+// refuseTurn refuses a model run before anything is saved. The ChatKit
+// widget shows an error event's message to the person but not a 429's
+// body, so the refusal is a 200 event stream whose one event says what
+// happened and when to try again; Retry-After carries the wait for
+// proxies and scripts, and the outcome counts it as a refusal.
+func (x *exchange) refuseTurn(a answer, wait time.Duration) {
+	x.outcome = a.outcome
+	hdr := x.w.Header()
+	setAgentStreamHeaders(hdr)
+	message := a.message
+	if wait > 0 {
+		hdr.Set("Retry-After", retryAfterSeconds(wait))
+		message += " Try again " + agentWaitWords(wait) + "."
+	}
+	x.rateLimit.apply(hdr)
+	x.status = http.StatusOK
+	x.w.WriteHeader(http.StatusOK)
+	var f agentFrames
+	f.errorEvent(agentStreamError{Code: agentErrorCodeCustom, Message: message, AllowRetry: true})
+	_, _ = x.w.Write(f.Bytes())
+}
+
+// admittedTurn is admitted for model runs: refusals are event streams.
+func (x *exchange) admittedTurn(v limitVerdict) bool {
+	switch v.result {
+	case limitAllowed:
+		return true
+	case limitRateLimited:
+		x.refuseTurn(answerTurnRateLimited, v.retryAfter)
+	case limitBudgetExhausted:
+		x.refuseTurn(answerTurnBudget, v.retryAfter)
+	default:
+		x.refuseTurn(answerTurnLimiterDown, v.retryAfter)
+	}
+	return false
+}
+
+// agentWaitWords says a wait the way a person would: "in 12 seconds", "in
+// 3 minutes", "in 2 hours", "in 4 days" (rounded up).
+func agentWaitWords(d time.Duration) string {
+	unit, size := "second", time.Second
+	switch {
+	case d > 36*time.Hour:
+		unit, size = "day", 24*time.Hour
+	case d > 90*time.Minute:
+		unit, size = "hour", time.Hour
+	case d > 90*time.Second:
+		unit, size = "minute", time.Minute
+	}
+	n := int64((d + size - 1) / size)
+	n = max(n, 1)
+	if n > 1 {
+		unit += "s"
+	}
+	return "in " + strconv.FormatInt(n, 10) + " " + unit
+}
+
+// serveAgentTurn admits a model run and streams it.
+func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
+	a := h.agent
+	r := x.r
+	// Every model-running request costs a token, whatever follows.
+	verdict, state := h.limiter.chargeClient(r.Context(), r, x.repl, h.now())
+	x.rateLimit = state
+	if !x.admittedTurn(verdict) {
+		return
+	}
+	if !h.agentIdentify(x) {
+		return
+	}
+	st, release, ok := h.openAgentStore(x)
+	if !ok {
+		return
+	}
+	defer release()
+	t := &agentTurn{h: h, x: x, a: a, st: st, req: req, owner: x.user}
+	ctx := r.Context()
+	if req.Type != agentThreadsCreate {
+		th, err := st.Thread(ctx, t.owner, req.ThreadID)
+		if err != nil {
+			h.failAgentStore(x, "thread", err)
+			return
+		}
+		t.thread = agentThreadOf(th)
+		x.logFields = append(x.logFields, zap.String("thread_id", th.ID))
+	}
+	if req.Type == agentThreadsRetryAfterItem {
+		it, err := st.Item(ctx, t.owner, t.thread.ID, req.ItemID)
+		if err != nil {
+			h.failAgentStore(x, "item", err)
+			return
+		}
+		if it.Type != agentItemUserMessage {
+			x.refuse(answerBadRequest.withMessage("params.item_id: only a user message can be answered again"))
+			return
+		}
+		t.retryItem = it.ID
+	}
+
+	// The limits, decided before anything is saved or the model is called.
+	now := h.now()
+	switch scope, wait := a.zone.tokens.admit(t.owner, a.userBudget, a.siteBudget, now); scope {
+	case tokenScopeUser:
+		x.refuseTurn(answerTurnTokensUser, wait)
+		return
+	case tokenScopeSite:
+		x.refuseTurn(answerTurnTokensSite, wait)
+		return
+	}
+	if t.thread.ID != "" {
+		if !a.store.busy.claim(t.thread.ID) {
+			x.refuse(answerThreadBusy)
+			return
+		}
+		defer a.store.busy.release(t.thread.ID)
+	}
+	cached, breakerWait, probe := h.guard.check(now)
+	if cached != nil {
+		// A configuration error OpenAI gave moments ago: the same answer,
+		// without calling it again.
+		x.upstreamErr, x.cachedError = cached, true
+		t.startStream()
+		t.fail(cached)
+		return
+	}
+	if breakerWait > 0 {
+		x.refuseTurn(answerTurnCircuitOpen, breakerWait)
+		return
+	}
+	if !x.admittedTurn(h.limiter.spendBudget(ctx, now)) {
+		h.guard.release(probe)
+		return
+	}
+	t.probe = probe
+	t.run()
+}
+
+// run saves the user's side of the turn, streams it, and runs the model.
+func (t *agentTurn) run() {
+	h, x, a := t.h, t.x, t.a
+	if t.req.Type == agentThreadsCreate {
+		if !t.createThread() {
+			h.guard.release(t.probe)
+			return
+		}
+		defer a.store.busy.release(t.thread.ID)
+	}
+	t.startStream()
+	if t.req.Type == agentThreadsCreate {
+		t.frames.threadCreated(&t.thread)
+	}
+	switch t.req.Type {
+	case agentThreadsCreate, agentThreadsAddUserMessage:
+		msg := newAgentUserMessage(agentNewID("msg"), t.thread.ID, h.now(), t.req.Input)
+		blob := msg.appendJSON(nil)
+		if !t.persist([]agentDoneItem{{ID: msg.ID, Type: agentItemUserMessage, CreatedAt: msg.CreatedAt, JSON: blob}}) {
+			t.flush()
+			h.guard.release(t.probe)
+			return
+		}
+		t.frames.itemDoneJSON(blob)
+	case agentThreadsRetryAfterItem:
+		ctx, cancel := t.saveContext()
+		_, err := t.st.DeleteItemsAfter(ctx, t.owner, t.thread.ID, t.retryItem)
+		cancel()
+		if err != nil {
+			t.storeFailed("delete items", err)
+			t.flush()
+			h.guard.release(t.probe)
+			return
+		}
+	}
+	t.frames.streamOptions(true)
+	t.flush()
+
+	ctx, cancel := t.saveContext()
+	history, err := t.st.RecentItems(ctx, t.owner, t.thread.ID, a.history)
+	cancel()
+	if err != nil {
+		t.storeFailed("history", err)
+		t.flush()
+		h.guard.release(t.probe)
+		return
+	}
+	completed := t.callModel(history)
+	if completed && t.thread.Title == "" && !agentHasAnswer(history) {
+		t.setTitle(history)
+	}
+	t.flush()
+}
+
+// createThread makes the new thread (a fresh id on the rare collision).
+// It answers the request itself when it cannot.
+func (t *agentTurn) createThread() bool {
+	ctx := t.x.r.Context()
+	for attempt := 0; ; attempt++ {
+		th, err := t.st.CreateThread(ctx, threadstore.Thread{ID: agentNewID("thr"), Owner: t.owner, CreatedAt: t.h.now()})
+		if errors.Is(err, threadstore.ErrExists) && attempt < 3 {
+			continue
+		}
+		if err != nil {
+			t.h.failAgentStore(t.x, "create thread", err)
+			return false
+		}
+		t.thread = agentThreadOf(th)
+		t.a.store.busy.claim(th.ID) // new: nobody else can hold it
+		t.x.logFields = append(t.x.logFields, zap.String("thread_id", th.ID))
+		return true
+	}
+}
+
+// startStream sends the event stream's headers.
+func (t *agentTurn) startStream() {
+	x := t.x
+	hdr := x.w.Header()
+	setAgentStreamHeaders(hdr)
+	x.rateLimit.apply(hdr)
+	x.status = http.StatusOK
+	x.outcome = outcomeSuccess
+	x.w.WriteHeader(http.StatusOK)
+	t.rc = http.NewResponseController(x.w)
+	t.flush()
+}
+
+// flush writes the frames built so far and pushes them to the browser. A
+// browser that cannot be written to has gone: the model is stopped at once.
+func (t *agentTurn) flush() {
+	if t.rc == nil || t.gone {
+		t.frames.Reset()
+		return
+	}
+	var err error
+	if t.frames.Len() > 0 {
+		_, err = t.x.w.Write(t.frames.Bytes())
+	}
+	t.frames.Reset()
+	if err == nil {
+		err = t.rc.Flush()
+	}
+	if err != nil {
+		t.clientGone()
+	}
+}
+
+func (t *agentTurn) clientGone() {
+	t.gone = true
+	if t.cancel != nil {
+		t.cancel(errAgentClientGone)
+	}
+}
+
+// saveContext bounds a store call that must finish even if the browser has
+// gone: the partial answer of a stopped turn is saved after it left.
+func (t *agentTurn) saveContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(t.x.r.Context()), agentSaveTimeout)
+}
+
+// persist saves finished items in order; false once one cannot be saved
+// (the turn then ends with an error event).
+func (t *agentTurn) persist(done []agentDoneItem) bool {
+	if len(done) == 0 || t.failed {
+		return !t.failed
+	}
+	ctx, cancel := t.saveContext()
+	defer cancel()
+	for i := range done {
+		d := &done[i]
+		_, err := t.st.AddItem(ctx, t.owner, threadstore.Item{
+			ID: d.ID, ThreadID: t.thread.ID, CreatedAt: d.CreatedAt, Type: d.Type, Data: d.JSON,
+		})
+		if err != nil {
+			t.storeFailed("save item", err)
+			return false
+		}
+	}
+	return true
+}
+
+// storeFailed ends the turn after a store error once the stream began: an
+// error event (retrying may help), the cause in the log only.
+func (t *agentTurn) storeFailed(op string, err error) {
+	t.failed = true
+	if t.cancel != nil {
+		t.cancel(errAgentSaveFailed)
+	}
+	outcome := outcomeInternalError
+	if errors.Is(err, threadstore.ErrUnavailable) {
+		outcome = outcomeStoreUnavailable
+	}
+	t.x.outcome = outcome
+	t.h.logger.Error("the agent's thread store failed during a turn",
+		zap.String("request_id", t.x.requestID), zap.String("operation", op), zap.Error(err))
+	t.frames.errorEvent(agentStreamError{Code: agentErrorCodeStream, AllowRetry: true})
+}
+
+// fail ends the turn after an upstream failure with the error event its
+// rule gives (none when the browser has gone).
+func (t *agentTurn) fail(e *upstreamError) {
+	rule := e.failure.rule()
+	t.x.outcome = rule.answer.outcome
+	if ev, ok := agentFailureEvent(e); ok {
+		t.frames.errorEvent(ev)
+	}
+	t.flush()
+}
+
+// requestBody is the Responses request for this turn: the fixed head, the
+// history and the safety identifier.
+func (t *agentTurn) requestBody(history []threadstore.Item) []byte {
+	items := make([]json.RawMessage, len(history))
+	size := len(t.a.bodyHead) + 128
+	for i := range history {
+		items[i] = history[i].Data
+		size += len(history[i].Data)
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, t.a.bodyHead...)
+	buf, skipped := appendAgentHistory(buf, items, t.a.history)
+	if skipped > 0 {
+		t.h.logger.Warn("some stored thread items could not be read into the model's history",
+			zap.String("request_id", t.x.requestID), zap.String("thread_id", t.thread.ID), zap.Int("skipped", skipped))
+	}
+	buf = append(buf, `,"safety_identifier":`...)
+	buf = appendAgentString(buf, t.a.safetyIdentifier(t.owner))
+	return append(buf, '}')
+}
+
+// callModel runs the model and streams its answer; it reports whether the
+// model completed an answer.
+func (t *agentTurn) callModel(history []threadstore.Item) bool {
+	h, x, a := t.h, t.x, t.a
+	body := t.requestBody(history)
+
+	// The browser leaving cancels everything at once; the timers cancel with
+	// their own cause, so the end of the turn can say which it was.
+	ctx, cancel := context.WithCancelCause(x.r.Context())
+	defer cancel(nil)
+	t.cancel = cancel
+	if t.gone {
+		cancel(errAgentClientGone)
+	}
+	firstByte := time.AfterFunc(h.timeout, func() { cancel(errAgentFirstByte) })
+	defer firstByte.Stop()
+
+	resp, call, uerr := h.upstream.openStream(ctx, time.Now().Add(h.timeout), body)
+	x.upstream = call
+	if uerr != nil {
+		uerr = t.classify(ctx, uerr)
+		h.guard.record(uerr, t.probe, h.now())
+		x.upstreamErr = uerr
+		t.fail(uerr)
+		return false
+	}
+	defer resp.Body.Close()
+
+	conv := newAgentConverter(agentConverterConfig{ThreadID: t.thread.ID, NewID: agentNewID, Now: h.now}, &t.frames)
+	rd := newSSEReader(resp.Body, agentMaxEvent)
+	var ev responsesEvent
+	var idle *time.Timer
+	var readErr error
+	badStream := false // the stream sent something that is not a Responses event
+	for !conv.Finished() && !t.failed {
+		_, data, err := rd.Next()
+		if err != nil {
+			readErr, badStream = err, errors.Is(err, errSSEEventTooLarge)
+			break
+		}
+		if idle == nil {
+			firstByte.Stop()
+			idle = time.AfterFunc(a.idleTimeout, func() { cancel(errAgentIdle) })
+		} else {
+			idle.Reset(a.idleTimeout)
+		}
+		if err := ev.decode(data); err != nil {
+			readErr, badStream = err, true
+			break
+		}
+		conv.Feed(&ev)
+		t.persist(conv.Done())
+		t.flush()
+	}
+	if idle != nil {
+		idle.Stop()
+	}
+
+	var turnErr *upstreamError
+	if !conv.Finished() {
+		cut := agentCutFailed
+		switch {
+		case t.failed:
+			// A store error, not OpenAI's: storeFailed has said it.
+		case readErr == nil || context.Cause(ctx) != nil:
+			turnErr = t.classify(ctx, transportFailure(ctx, readErr))
+			if turnErr.failure == failCanceled {
+				cut = agentCutCancelled
+			}
+		case errors.Is(readErr, io.EOF) || errors.Is(readErr, io.ErrUnexpectedEOF):
+			// The stream ended without saying how the answer ended.
+			turnErr = &upstreamError{failure: failInvalidResponse, status: call.status, cause: errors.New("the Responses stream ended before the response did")}
+		case badStream:
+			turnErr = &upstreamError{failure: failInvalidResponse, status: call.status, cause: readErr}
+		default:
+			turnErr = &upstreamError{failure: failNetwork, status: call.status, cause: readErr} // a reset
+		}
+		conv.Interrupt(cut)
+		t.persist(conv.Done())
+	}
+	o := conv.Outcome()
+	if turnErr == nil {
+		turnErr = agentOutcomeFailure(&o)
+	}
+	h.guard.record(turnErr, t.probe, h.now())
+	t.recordUsage(conv, &o)
+
+	switch {
+	case t.failed:
+		// storeFailed has said it.
+	case turnErr != nil && turnErr.failure == failCanceled:
+		x.outcome = outcomeClientClosed
+	case turnErr != nil:
+		x.upstreamErr = turnErr
+		x.outcome = turnErr.failure.rule().answer.outcome
+		if o.Kind == agentInterrupted {
+			// Cut off by a timeout or a broken stream: the failure's event.
+			if e, ok := agentFailureEvent(turnErr); ok {
+				t.frames.errorEvent(e)
+			}
+		} else if e, ok := o.streamError(); ok {
+			t.frames.errorEvent(e)
+		}
+	default:
+		if e, ok := o.streamError(); ok {
+			t.frames.errorEvent(e) // incomplete: cut at the length limit or filtered
+		}
+	}
+	t.flush()
+	return o.Kind == agentCompleted && !t.failed
+}
+
+// classify tells the turn's own timeouts from the browser leaving.
+func (t *agentTurn) classify(ctx context.Context, e *upstreamError) *upstreamError {
+	switch cause := context.Cause(ctx); {
+	case cause == errAgentFirstByte, cause == errAgentIdle:
+		return &upstreamError{failure: failTimeout, status: e.status, cause: cause}
+	case cause == errAgentClientGone, t.x.r.Context().Err() != nil:
+		return &upstreamError{failure: failCanceled, cause: errAgentClientGone}
+	}
+	return e
+}
+
+// agentOutcomeFailure is how a run that OpenAI ended with an error counts
+// for the breaker and the log; nil when it answered.
+func agentOutcomeFailure(o *agentOutcome) *upstreamError {
+	if o.Kind != agentFailed && o.Kind != agentStreamErrored {
+		return nil
+	}
+	e := &upstreamError{errCode: truncate(o.Code, 64), cause: errors.New("the model's answer failed: " + o.Kind.String())}
+	switch ev := agentUpstreamError(o.Code); {
+	case o.Code == "rate_limit_exceeded" || o.Code == "too_many_requests" || o.Code == "slow_down":
+		e.failure = failRateLimited
+	case !ev.AllowRetry:
+		e.failure = failRejected // the request itself: retrying will not help
+	default:
+		e.failure = failServer
+	}
+	return e
+}
+
+// recordUsage counts what the run cost against the token budgets and in
+// the metrics.
+func (t *agentTurn) recordUsage(conv *agentConverter, o *agentOutcome) {
+	u, ok := conv.Usage()
+	t.x.logFields = append(t.x.logFields,
+		zap.String("openai_response_id", conv.ResponseID()),
+		zap.String("turn_end", o.Kind.String()), zap.String("cut", o.Cut.String()))
+	if !ok {
+		return
+	}
+	t.chargeTokens(u)
+	t.x.logFields = append(t.x.logFields, zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens))
+}
+
+func (t *agentTurn) chargeTokens(u agentUsage) {
+	total := u.TotalTokens
+	if total == 0 {
+		total = u.InputTokens + u.OutputTokens
+	}
+	t.a.zone.tokens.charge(t.owner, total, t.a.userBudget, t.a.siteBudget, t.h.now())
+	agentTokens.WithLabelValues("input").Add(float64(max(u.InputTokens, 0)))
+	agentTokens.WithLabelValues("output").Add(float64(max(u.OutputTokens, 0)))
+}
+
+// agentHasAnswer reports whether the history holds an assistant answer
+// (then the thread's first answer has been given already).
+func agentHasAnswer(history []threadstore.Item) bool {
+	for i := range history {
+		if history[i].Type == agentItemAssistantMessage {
+			return true
+		}
+	}
+	return false
+}
+
+// setTitle gives an untitled thread its title after its first answer: from
+// the title model when one is set (falling back on failure), else from the
+// first message.
+func (t *agentTurn) setTitle(history []threadstore.Item) {
+	first := ""
+	for i := range history {
+		if history[i].Type == agentItemUserMessage {
+			first = agentStoredUserText(history[i].Data)
+			break
+		}
+	}
+	if strings.TrimSpace(first) == "" {
+		return
+	}
+	title := ""
+	if t.a.titleModel != "" && !t.gone {
+		title = t.titleFromModel(first)
+	}
+	if title == "" {
+		title = agentTitle(first)
+	}
+	ctx, cancel := t.saveContext()
+	th, err := t.st.UpdateThread(ctx, t.owner, t.thread.ID, threadstore.ThreadUpdate{Title: &title})
+	cancel()
+	if err != nil {
+		// The answer is saved; a missing title is not worth an error event.
+		t.h.logger.Warn("could not save the thread's title",
+			zap.String("request_id", t.x.requestID), zap.String("thread_id", t.thread.ID), zap.Error(err))
+		return
+	}
+	t.thread = agentThreadOf(th)
+	t.frames.threadUpdated(&t.thread)
+}
+
+// titleFromModel asks the title model for a title; "" when it cannot.
+func (t *agentTurn) titleFromModel(message string) string {
+	body := make([]byte, 0, 512+len(message))
+	body = append(body, `{"model":`...)
+	body = appendAgentString(body, t.a.titleModel)
+	body = append(body, `,"instructions":`...)
+	body = appendAgentString(body, agentTitleInstructions)
+	body = append(body, `,"input":[{"role":"user","content":[{"type":"input_text","text":`...)
+	body = appendAgentString(body, message)
+	body = append(body, `}]}],"max_output_tokens":`...)
+	body = strconv.AppendInt(body, agentTitleOutputTokens, 10)
+	body = append(body, `,"store":false,"safety_identifier":`...)
+	body = appendAgentString(body, t.a.safetyIdentifier(t.owner))
+	body = append(body, '}')
+
+	ctx, cancel := context.WithTimeout(t.x.r.Context(), t.h.timeout)
+	defer cancel()
+	_, payload, uerr := t.h.upstream.postResponses(ctx, body)
+	if uerr != nil {
+		t.h.logger.Warn("the title model failed; the title is taken from the first message",
+			zap.String("request_id", t.x.requestID), zap.Int("upstream_status", uerr.status),
+			zap.String("openai_error_code", uerr.errCode), zap.NamedError("cause", uerr.cause))
+		return ""
+	}
+	text, usage, ok := agentResponseText(payload)
+	if ok {
+		t.chargeTokens(usage)
+	}
+	text = strings.Trim(strings.TrimSpace(text), "\"'“”‘’")
+	if text == "" {
+		return ""
+	}
+	return agentTitle(text)
+}
+
+// agentResponseText reads a non-streamed response's output text and usage.
+func agentResponseText(payload []byte) (string, agentUsage, bool) {
+	var resp struct {
+		Output []struct {
+			Type    string `json:"type"`
+			Content []struct {
+				Type string `json:"type"`
+				Text string `json:"text"`
+			} `json:"content"`
+		} `json:"output"`
+		Usage *agentUsage `json:"usage"`
+	}
+	if json.Unmarshal(payload, &resp) != nil {
+		return "", agentUsage{}, false
+	}
+	var b strings.Builder
+	for _, o := range resp.Output {
+		if o.Type != "message" {
+			continue
+		}
+		for _, c := range o.Content {
+			if c.Type == "output_text" {
+				b.WriteString(c.Text)
+			}
+		}
+	}
+	var u agentUsage
+	if resp.Usage != nil {
+		u = *resp.Usage
+	}
+	return b.String(), u, resp.Usage != nil
+}
+
+// agentStoredUserText is a stored user message's text as the model reads
+// it (tags as @<text>).
+func agentStoredUserText(raw json.RawMessage) string {
+	var it struct {
+		Content []struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		} `json:"content"`
+	}
+	if json.Unmarshal(raw, &it) != nil {
+		return ""
+	}
+	var b bytes.Buffer
+	for _, p := range it.Content {
+		if p.Type == "input_tag" {
+			b.WriteByte('@')
+		}
+		b.WriteString(p.Text)
+	}
+	return b.String()
+}
