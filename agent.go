@@ -18,9 +18,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -199,58 +201,107 @@ type agentRuntime struct {
 	released bool
 }
 
-// validate checks the rules that need nothing resolved.
-func (a *Agent) validate() error {
-	if a.Path != "" && !strings.HasPrefix(a.Path, "/") {
-		return fmt.Errorf("chatkit: agent path must start with '/': %q", a.Path)
-	}
-	if a.Model == "" && (a.Prompt == nil || a.Prompt.ID == "") {
-		return errors.New("chatkit: agent needs a model (or a prompt)")
-	}
-	if a.Prompt != nil && a.Prompt.ID == "" {
-		return errors.New("chatkit: agent prompt needs an id")
-	}
-	if a.Instructions != "" && a.InstructionsFile != "" {
-		return errors.New("chatkit: agent takes instructions or instructions_file, not both")
-	}
-	if len(a.Instructions) > maxAgentInstructions {
-		return fmt.Errorf("chatkit: agent instructions are longer than %d KiB", maxAgentInstructions>>10)
-	}
-	if s := a.Store; s != nil && s.Type != "" && s.Type != agentStoreSQLite {
-		return fmt.Errorf("chatkit: agent store must be sqlite, got %q", s.Type)
-	}
-	if a.History < 0 || a.History > threadstore.MaxRecentItems {
-		return fmt.Errorf("chatkit: agent history must be 1 to %d, got %d", threadstore.MaxRecentItems, a.History)
-	}
-	if a.MaxOutputTokens != 0 && a.MaxOutputTokens < minAgentOutputTokens {
-		return fmt.Errorf("chatkit: agent max_output_tokens must be at least %d, got %d", minAgentOutputTokens, a.MaxOutputTokens)
-	}
-	if a.ReasoningEffort != "" && !containsString(agentReasoningEfforts, a.ReasoningEffort) {
-		return fmt.Errorf("chatkit: agent reasoning_effort must be one of %s, got %q", strings.Join(agentReasoningEfforts, ", "), a.ReasoningEffort)
-	}
-	if a.MaxInput < 0 {
-		return fmt.Errorf("chatkit: agent max_input must be at least 1, got %d", a.MaxInput)
-	}
-	if a.IdleTimeout < 0 {
-		return errors.New("chatkit: agent idle_timeout must be positive")
-	}
-	if b := a.TokenBudget; b != nil {
-		for scope, l := range map[string]*TokenBudgetLimit{"user": b.User, "site": b.Site} {
-			if l != nil && (l.Tokens < 1 || l.Interval <= 0) {
-				return fmt.Errorf("chatkit: agent token_budget %s needs a positive token count and interval", scope)
-			}
-		}
+// The agent's field rules (see validate.go): each names the subdirective
+// of the agent block it judges.
+
+func checkAgentPath(p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return refuse("agent", "agent path must start with '/': %q", p)
 	}
 	return nil
 }
 
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
+func checkAgentStoreType(t string) error {
+	if t != agentStoreSQLite {
+		return refuse("store", "agent store must be sqlite, got %q", t)
+	}
+	return nil
+}
+
+func checkAgentHistory(n int) error {
+	return within("history", "agent history", n, 1, threadstore.MaxRecentItems, "1 to "+strconv.Itoa(threadstore.MaxRecentItems))
+}
+
+func checkAgentMaxOutputTokens(n int) error {
+	return within("max_output_tokens", "agent max_output_tokens", n, minAgentOutputTokens, math.MaxInt32, "at least "+strconv.Itoa(minAgentOutputTokens))
+}
+
+func checkAgentReasoningEffort(e string) error {
+	if !slices.Contains(agentReasoningEfforts, e) {
+		return refuse("reasoning_effort", "agent reasoning_effort must be %s, got %q", strings.Join(agentReasoningEfforts, ", "), e)
+	}
+	return nil
+}
+
+func checkAgentMaxInput(n int) error { return atLeastOne("max_input", "agent max_input", n) }
+
+func checkAgentIdleTimeout(d time.Duration) error {
+	return positiveDuration("idle_timeout", "agent idle_timeout", d)
+}
+
+func checkAgentInstructions(s string) error {
+	if len(s) > maxAgentInstructions {
+		return refuse("instructions", "agent instructions are longer than %d KiB", maxAgentInstructions>>10)
+	}
+	return nil
+}
+
+// checkTokenBudget judges one scope's budget; both values are required.
+func checkTokenBudget(scope string, l *TokenBudgetLimit) error {
+	if l.Tokens < 1 {
+		return refuse("token_budget", "agent token_budget %s tokens must be at least 1, got %d", scope, l.Tokens)
+	}
+	return positiveDuration("token_budget", "agent token_budget "+scope+" interval", time.Duration(l.Interval))
+}
+
+// validate applies the agent's rules: its fields, and the ones that join
+// them.
+func (a *Agent) validate() error {
+	for _, rule := range []struct {
+		set bool
+		err func() error
+	}{
+		{a.Path != "", func() error { return checkAgentPath(a.Path) }},
+		{a.Instructions != "", func() error { return checkAgentInstructions(a.Instructions) }},
+		{a.Store != nil && a.Store.Type != "", func() error { return checkAgentStoreType(a.Store.Type) }},
+		{a.History != 0, func() error { return checkAgentHistory(a.History) }},
+		{a.MaxOutputTokens != 0, func() error { return checkAgentMaxOutputTokens(a.MaxOutputTokens) }},
+		{a.ReasoningEffort != "", func() error { return checkAgentReasoningEffort(a.ReasoningEffort) }},
+		{a.MaxInput != 0, func() error { return checkAgentMaxInput(a.MaxInput) }},
+		{a.IdleTimeout != 0, func() error { return checkAgentIdleTimeout(time.Duration(a.IdleTimeout)) }},
+		{a.TokenBudget != nil && a.TokenBudget.User != nil, func() error { return checkTokenBudget("user", a.TokenBudget.User) }},
+		{a.TokenBudget != nil && a.TokenBudget.Site != nil, func() error { return checkTokenBudget("site", a.TokenBudget.Site) }},
+	} {
+		if rule.set {
+			if err := rule.err(); err != nil {
+				return err
+			}
 		}
 	}
-	return false
+	if a.Prompt != nil && a.Prompt.ID == "" {
+		return refuse("prompt", "agent prompt needs an id")
+	}
+	if a.Model == "" && a.Prompt == nil {
+		return refuse("agent", "agent needs a model: add model <name> (or prompt <id>)")
+	}
+	if a.Instructions != "" && a.InstructionsFile != "" {
+		return refuse("instructions_file", "agent takes instructions or instructions_file, not both")
+	}
+	return nil
+}
+
+// checkAgentPathFree refuses an agent path that another endpoint of the
+// handler already answers.
+func (h *Handler) checkAgentPathFree() error {
+	p := cmp.Or(h.Agent.Path, defaultAgentPath)
+	others := []string{cmp.Or(h.HealthPath, defaultHealthPath)}
+	if h.Workflow != nil {
+		others = append(others, cmp.Or(h.StartPath, defaultStartPath), cmp.Or(h.RefreshPath, defaultRefreshPath))
+	}
+	if slices.Contains(others, p) {
+		return refuse("agent", "the agent path %q is already the start, refresh or health path", p)
+	}
+	return nil
 }
 
 // provisionAgent builds the agent from its config. It reads
@@ -258,9 +309,6 @@ func containsString(list []string, s string) bool {
 // The API key, the upstream client and the rate-limit zone must be ready.
 func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	cfg := h.Agent
-	if err := cfg.validate(); err != nil {
-		return err
-	}
 	a := &agentRuntime{
 		path:            cmp.Or(cfg.Path, defaultAgentPath),
 		model:           strings.TrimSpace(repl.ReplaceAll(cfg.Model, "")),

@@ -215,7 +215,7 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 
 // run saves the user's side of the turn, streams it, and runs the model.
 func (t *agentTurn) run() {
-	h, x, a := t.h, t.x, t.a
+	h, a := t.h, t.a
 	if t.req.Type == agentThreadsCreate {
 		if !t.createThread() {
 			h.guard.release(t.probe)
@@ -701,4 +701,26 @@ func agentStoredUserText(raw json.RawMessage) string {
 		b.WriteString(p.Text)
 	}
 	return b.String()
+}
+
+// agentFailureEvent is the error event for an OpenAI call that failed
+// before or while answering, and whether there is one (none when the
+// browser has gone).
+func agentFailureEvent(e *upstreamError) (agentStreamError, bool) {
+	switch e.failure {
+	case failCanceled:
+		return agentStreamError{}, false
+	case failRateLimited:
+		msg := "The assistant is busy right now. Try again in a moment."
+		if e.retryAfter > 0 {
+			msg = "The assistant is busy right now. Try again " + agentWaitWords(e.retryAfter) + "."
+		}
+		return agentStreamError{Code: agentErrorCodeCustom, Message: msg, AllowRetry: true}, true
+	case failTimeout:
+		return agentStreamError{Code: agentErrorCodeCustom, Message: "The assistant took too long to answer. Try again.", AllowRetry: true}, true
+	case failAuth, failNotFound, failRejected:
+		// The configuration, or the request itself: the same fails again.
+		return agentStreamError{Code: agentErrorCodeStream, AllowRetry: false}, true
+	}
+	return agentStreamError{Code: agentErrorCodeStream, AllowRetry: true}, true
 }

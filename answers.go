@@ -59,12 +59,34 @@ func allAnswers() []answer {
 		answerUnreadableBody, answerBadRequest, answerUnauthorized, answerNoIdentity,
 		answerInternal, answerRateLimited, answerBudgetExhausted, answerLimiterDown,
 		answerCircuitOpen, answerBodyTimeout, answerTooManyPending, answerServerBusy,
+		answerNotFound, answerThreadBusy, answerStoreUnavailable, answerStoreFailed,
+		answerTurnRateLimited, answerTurnBudget, answerTurnTokensUser, answerTurnTokensSite,
+		answerTurnLimiterDown, answerTurnCircuitOpen,
 	}
 	for f := upstreamFailure(1); f < failureCount; f++ {
 		answers = append(answers, f.rule().answer)
 	}
 	return answers
 }
+
+// The agent endpoint's own answers. The JSON ones are errors decided before
+// anything is saved. The answerTurn ones refuse a model run; they go out as
+// a 200 event stream whose one `error` event carries the message (the
+// ChatKit widget shows that to the person, not a 429's body), with
+// Retry-After set and the wait appended in words.
+var (
+	answerNotFound         = answer{http.StatusNotFound, "not_found", "no such thread or item", outcomeNotFound}
+	answerThreadBusy       = answer{http.StatusConflict, "thread_busy", "this thread is still answering; wait for the answer or stop it", outcomeThreadBusy}
+	answerStoreUnavailable = answer{http.StatusServiceUnavailable, "store_unavailable", "the chat history is unavailable", outcomeStoreUnavailable}
+	answerStoreFailed      = answer{http.StatusInternalServerError, "internal_error", "the chat history could not be read or written", outcomeInternalError}
+
+	answerTurnRateLimited = answer{http.StatusOK, agentErrorCodeCustom, "You are sending messages faster than this site allows.", outcomeRateLimited}
+	answerTurnBudget      = answer{http.StatusOK, agentErrorCodeCustom, "The assistant has answered as many messages as this site allows for now.", outcomeBudgetExhausted}
+	answerTurnTokensUser  = answer{http.StatusOK, agentErrorCodeCustom, "You have used your share of the assistant for now.", outcomeTokenBudgetExhausted}
+	answerTurnTokensSite  = answer{http.StatusOK, agentErrorCodeCustom, "The assistant has used this site's allowance for now.", outcomeTokenBudgetExhausted}
+	answerTurnLimiterDown = answer{http.StatusOK, agentErrorCodeCustom, "The assistant cannot check this site's limits right now.", outcomeRateLimitUnavailable}
+	answerTurnCircuitOpen = answer{http.StatusOK, agentErrorCodeCustom, "The assistant is unavailable right now.", outcomeCircuitOpen}
+)
 
 // withMessage is the same answer with a message that says more.
 func (a answer) withMessage(message string) answer {

@@ -161,7 +161,11 @@ func (h *Handler) newUpstreamGuard() *upstreamGuard {
 	g.onClose = func() {
 		h.logger.Info("circuit breaker closed: OpenAI answers again")
 	}
-	g.register(breakerSeries{site: h.Site, workflow: h.workflowID, startPath: h.startPath})
+	path := h.startPath
+	if !h.minting && h.Agent != nil {
+		path = cmp.Or(h.Agent.Path, defaultAgentPath) // the endpoint that calls OpenAI
+	}
+	g.register(breakerSeries{site: h.Site, workflow: h.workflowID, startPath: path})
 	return g
 }
 

@@ -145,16 +145,36 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //		protect <path>...
 //		identity_header <name>
 //		max_upload <size>
+//
+//		agent [<path>] {
+//			model <name>
+//			instructions <text>
+//			instructions_file <path>
+//			prompt <id> [<version>]
+//			store sqlite [<path>]
+//			history <n>
+//			max_output_tokens <n>
+//			reasoning_effort minimal|low|medium|high
+//			max_input <chars>
+//			title_model <name>|off
+//			token_budget user|site <tokens> <interval>
+//			idle_timeout <duration>
+//			openai_store on|off
+//		}
 //	}
 //
 // `rate_limit off` with a block takes only `redis` and `on_redis_error`
 // (the budget and the revoke registry still use Redis). `workflow` is
-// required unless `protect` is used. An option that can have no effect is
-// refused: with `protect` alone (no workflow), those of minted sessions
-// and of OpenAI calls (`api_key` to `project`, `start_path`,
+// required unless `agent` or `protect` is used. An option that can have no
+// effect is refused: with `protect` alone (no workflow), those of minted
+// sessions and of OpenAI calls (`api_key` to `project`, `start_path`,
 // `refresh_path`, `session_ttl` to `thread_titling`, `timeout`, `retries`,
-// `circuit_breaker`, `error_cache`, `revoke_on_refresh`); without
-// `protect`, `identity_header` and `max_upload`. A block with `protect`
+// `circuit_breaker`, `error_cache`, `revoke_on_refresh`); with `agent` and
+// no workflow, those of minted sessions only; without `protect`,
+// `identity_header` and `max_upload`. In the `agent` block `model` is
+// required unless `prompt` is given, `instructions` and
+// `instructions_file` exclude each other, `token_budget` may appear once
+// per scope and every other option once. A block with `protect`
 // takes no matcher: the requests a matcher skips would reach the backend
 // with the client's own identity header. `state_variable`,
 // `allow_origins` and `protect` may be repeated; every other subdirective
@@ -354,8 +374,131 @@ func (h *Handler) parseSubdirective(d *caddyfile.Dispenser, name string) error {
 		return check(d, checkIdentityHeader(h.IdentityHeader))
 	case "max_upload":
 		return sizeArg(d, &h.MaxUpload, checkMaxUpload)
+	case "agent":
+		return h.parseAgent(d)
 	}
 	return d.Errf("unrecognized chatkit subdirective %q", name)
+}
+
+// parseAgent parses the agent block (see UnmarshalCaddyfile).
+func (h *Handler) parseAgent(d *caddyfile.Dispenser) error {
+	at := d.Token()
+	a := new(Agent)
+	switch args := d.RemainingArgs(); len(args) {
+	case 0:
+	case 1:
+		if err := checkAgentPath(args[0]); err != nil {
+			return d.WrapErr(err)
+		}
+		a.Path = args[0]
+	default:
+		return d.ArgErr()
+	}
+	lines := make(map[string]caddyfile.Token)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if _, dup := lines[name]; dup && name != "token_budget" {
+			return d.Errf("duplicate agent option %q", name)
+		}
+		lines[name] = d.Token()
+		if err := a.parseOption(d, name); err != nil {
+			return err
+		}
+	}
+	h.Agent = a
+	if err := a.validate(); err != nil {
+		if tok, ok := lines[directiveOf(err)]; ok {
+			at = tok
+		}
+		return tokenErr(at, err)
+	}
+	return nil
+}
+
+// parseOption parses one option of the agent block and checks its value.
+func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
+	switch name {
+	case "model":
+		return singleArg(d, &a.Model)
+	case "instructions":
+		if err := singleArg(d, &a.Instructions); err != nil {
+			return err
+		}
+		return check(d, checkAgentInstructions(a.Instructions))
+	case "instructions_file":
+		return singleArg(d, &a.InstructionsFile)
+	case "prompt":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.ArgErr()
+		}
+		a.Prompt = &AgentPrompt{ID: args[0]}
+		if len(args) == 2 {
+			a.Prompt.Version = args[1]
+		}
+		return nil
+	case "store":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.ArgErr()
+		}
+		if err := checkAgentStoreType(args[0]); err != nil {
+			return d.WrapErr(err)
+		}
+		a.Store = &AgentStore{Type: args[0]}
+		if len(args) == 2 {
+			a.Store.Path = args[1]
+		}
+		return nil
+	case "history":
+		return intArg(d, &a.History, checkAgentHistory)
+	case "max_output_tokens":
+		return intArg(d, &a.MaxOutputTokens, checkAgentMaxOutputTokens)
+	case "reasoning_effort":
+		if err := singleArg(d, &a.ReasoningEffort); err != nil {
+			return err
+		}
+		return check(d, checkAgentReasoningEffort(a.ReasoningEffort))
+	case "max_input":
+		return intArg(d, &a.MaxInput, checkAgentMaxInput)
+	case "title_model":
+		return singleArg(d, &a.TitleModel)
+	case "token_budget":
+		args := d.RemainingArgs()
+		if len(args) != 3 {
+			return d.ArgErr()
+		}
+		tokens, convErr := strconv.ParseInt(args[1], 10, 64)
+		interval, durErr := caddy.ParseDuration(args[2])
+		if convErr != nil || durErr != nil {
+			return d.Errf("token_budget: want user|site <tokens> <interval>, got %q %q %q", args[0], args[1], args[2])
+		}
+		if a.TokenBudget == nil {
+			a.TokenBudget = new(AgentTokenBudget)
+		}
+		l := &TokenBudgetLimit{Tokens: tokens, Interval: caddy.Duration(interval)}
+		var slot **TokenBudgetLimit
+		switch args[0] {
+		case "user":
+			slot = &a.TokenBudget.User
+		case "site":
+			slot = &a.TokenBudget.Site
+		default:
+			return d.Errf("token_budget: the scope must be user or site, got %q", args[0])
+		}
+		if *slot != nil {
+			return d.Errf("duplicate token_budget %s", args[0])
+		}
+		*slot = l
+		return check(d, checkTokenBudget(args[0], l))
+	case "idle_timeout":
+		return durationArg(d, &a.IdleTimeout, checkAgentIdleTimeout)
+	case "openai_store":
+		var err error
+		a.OpenAIStore, err = onOff(d)
+		return err
+	}
+	return d.Errf("unrecognized agent option %q", name)
 }
 
 func (h *Handler) workflow() *Workflow {

@@ -36,6 +36,7 @@ const (
 	endpointRefresh
 	endpointHealth
 	endpointProtected
+	endpointAgent
 )
 
 func (e endpoint) String() string {
@@ -48,6 +49,8 @@ func (e endpoint) String() string {
 		return "health"
 	case endpointProtected:
 		return "protect"
+	case endpointAgent:
+		return "agent"
 	}
 	return "none"
 }
@@ -72,6 +75,10 @@ const (
 	outcomeUpstreamTimeout      = "upstream_timeout"
 	outcomeClientClosed         = "client_closed"
 	outcomeInternalError        = "internal_error"
+	outcomeNotFound             = "not_found"
+	outcomeThreadBusy           = "thread_busy"
+	outcomeStoreUnavailable     = "store_unavailable"
+	outcomeTokenBudgetExhausted = "token_budget_exhausted"
 )
 
 // exchange is the state of one request to a module endpoint.
@@ -95,6 +102,7 @@ type exchange struct {
 	cachedError bool
 	userHash    string
 	rateLimit   rateLimitState // written with the answer
+	logFields   []zap.Field    // what the endpoint adds to the log entry
 }
 
 // ServeHTTP answers the module's own paths and passes everything else on.
@@ -126,6 +134,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.serveHealth(x)
 	case endpointProtected:
 		err = h.serveProtected(x, next)
+	case endpointAgent:
+		h.serveAgent(x)
 	default:
 		h.serveMint(x)
 	}
@@ -147,6 +157,9 @@ func arrivedPath(r *http.Request) string {
 
 // route names the module endpoint at path (as the request arrived).
 func (h *Handler) route(path string) endpoint {
+	if h.agent != nil && path == h.agent.path {
+		return endpointAgent
+	}
 	if !h.minting {
 		if path != "" && path == h.healthPath {
 			return endpointHealth
@@ -552,6 +565,7 @@ func (h *Handler) finish(x *exchange) {
 	if hash != "" {
 		fields = append(fields, zap.String("user_hash", hash))
 	}
+	fields = append(fields, x.logFields...)
 	if e := x.upstreamErr; e != nil {
 		if e.errType != "" || e.errCode != "" || e.errParam != "" {
 			fields = append(fields, zap.String("openai_error_type", e.errType),

@@ -12,6 +12,9 @@ import (
 const (
 	operationCreate = "create_session"
 	operationCancel = "cancel_session"
+	// The agent's: a streamed answer, and the title model's call.
+	operationResponses = "responses"
+	operationTitle     = "title"
 )
 
 // Collectors are created once and registered with every config's registry

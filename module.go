@@ -132,6 +132,13 @@ type Handler struct {
 	// `rate_limits.max_requests_per_1_minute`). Default: OpenAI's (10).
 	MaxRequestsPerMinute int `json:"max_requests_per_minute,omitempty"`
 
+	// Makes the module the ChatKit server itself: threads in an embedded
+	// database, answers from OpenAI's Responses API, at one endpoint the
+	// web component is pointed at (see Agent). With agent, workflow is
+	// optional; workflow, protect and agent may be combined, sharing the
+	// visitor's identity, the origins and the limits.
+	Agent *Agent `json:"agent,omitempty"`
+
 	// ChatKit features for the session; only the fields set are sent.
 	ChatKitConfiguration *ChatKitConfiguration `json:"chatkit_configuration,omitempty"`
 
@@ -225,6 +232,7 @@ type Handler struct {
 	maxBody          int64
 	sessionBody      sessionBodyTemplate
 	upstream         *upstreamClient
+	agent            *agentRuntime
 	identity         *identitySource
 	logger           *zap.Logger
 
@@ -361,16 +369,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	// Minting needs a workflow; a handler that only protects a self-hosted
-	// ChatKit server needs neither a workflow nor an API key.
-	h.minting = h.Workflow != nil || len(h.Protect) == 0
+	// ChatKit server needs neither a workflow nor an API key. The agent
+	// calls OpenAI without a workflow.
+	h.minting = h.Workflow != nil || len(h.Protect) == 0 && h.Agent == nil
+	if h.minting || h.Agent != nil {
+		if err := h.provisionOpenAI(repl); err != nil {
+			return err
+		}
+	}
 	if h.minting {
 		if err := h.provisionMinting(repl); err != nil {
 			return err
 		}
+	}
+	if h.upstream != nil {
 		h.guard = h.newUpstreamGuard()
 	}
 	if err := h.provisionZone(h.defaultZoneKey()); err != nil {
 		return err
+	}
+	if h.Agent != nil {
+		if err := registerAgentMetrics(ctx.GetMetricsRegistry()); err != nil {
+			return err
+		}
+		if err := h.provisionAgent(repl); err != nil {
+			return err
+		}
 	}
 
 	var storage certmagic.Storage
@@ -415,6 +439,9 @@ func (h *Handler) defaultZoneKey() string {
 		cmp.Or(rl.MaxKeys, defaultMaxKeys), budget.Sessions, time.Duration(budget.Interval))
 	digest := sha256.Sum256([]byte(settings))
 	scope := "protect:" + strings.Join(h.Protect, ",")
+	if h.Agent != nil {
+		scope = "agent:" + cmp.Or(h.Agent.Path, defaultAgentPath) + "|" + scope
+	}
 	if h.minting {
 		scope = "workflow:" + h.workflowID
 	}
@@ -423,9 +450,9 @@ func (h *Handler) defaultZoneKey() string {
 	return "site:" + h.Site + "|" + scope + "|" + hex.EncodeToString(digest[:8])
 }
 
-// provisionMinting resolves the key and the workflow and builds the
-// upstream client for the start and refresh endpoints.
-func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
+// provisionOpenAI resolves the API key and builds the upstream client the
+// minting endpoints and the agent call OpenAI with.
+func (h *Handler) provisionOpenAI(repl *caddy.Replacer) error {
 	keyTemplate := cmp.Or(h.APIKey, defaultAPIKey)
 	h.apiKey = strings.TrimSpace(repl.ReplaceAll(keyTemplate, ""))
 	if h.apiKey == "" {
@@ -435,6 +462,24 @@ func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
 		}
 		return errors.New("chatkit: api_key resolved to an empty value (check the environment variable or file it names)")
 	}
+	apiBase := strings.TrimRight(repl.ReplaceAll(cmp.Or(h.APIBase, defaultAPIBase), ""), "/")
+	retries := 2
+	if h.Retries != nil {
+		retries = *h.Retries
+	}
+	h.upstream = newUpstreamClient(upstreamConfig{
+		apiBase:      apiBase,
+		apiKey:       h.apiKey,
+		organization: repl.ReplaceAll(h.Organization, ""),
+		project:      repl.ReplaceAll(h.Project, ""),
+		retries:      retries,
+	})
+	return nil
+}
+
+// provisionMinting resolves the workflow and builds the session body for
+// the start and refresh endpoints.
+func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
 	h.workflowID = strings.TrimSpace(repl.ReplaceAll(h.Workflow.ID, ""))
 	workflowVersion := strings.TrimSpace(repl.ReplaceAll(h.Workflow.Version, ""))
 	if h.workflowID == "" {
@@ -448,19 +493,6 @@ func (h *Handler) provisionMinting(repl *caddy.Replacer) error {
 		return err
 	}
 	h.sessionBody = body
-
-	apiBase := strings.TrimRight(repl.ReplaceAll(cmp.Or(h.APIBase, defaultAPIBase), ""), "/")
-	retries := 2
-	if h.Retries != nil {
-		retries = *h.Retries
-	}
-	h.upstream = newUpstreamClient(upstreamConfig{
-		apiBase:      apiBase,
-		apiKey:       h.apiKey,
-		organization: repl.ReplaceAll(h.Organization, ""),
-		project:      repl.ReplaceAll(h.Project, ""),
-		retries:      retries,
-	})
 	return nil
 }
 
@@ -492,6 +524,7 @@ func (h *Handler) Cleanup() error {
 		h.background.Wait()
 	}
 	h.guard.unregister()
+	h.cleanupAgent()
 	h.cleanupRateLimit()
 	if h.upstream != nil {
 		h.upstream.close()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -43,12 +44,17 @@ const (
 // upstreamClient calls OpenAI's ChatKit sessions API over one shared,
 // keep-alive HTTP client.
 type upstreamClient struct {
-	apiBase     string
-	sessionsURL string
+	apiBase      string
+	sessionsURL  string
+	responsesURL string
 	// header and noBodyHeader are shared by every request and never
 	// modified: the transport only reads them.
 	header       http.Header
 	noBodyHeader http.Header
+	// responsesHeader and streamHeader are the Responses API's: no
+	// OpenAI-Beta, which only the ChatKit API wants.
+	responsesHeader http.Header
+	streamHeader    http.Header
 	transport    *http.Transport
 	retries      int
 	baseDelay    time.Duration
@@ -101,11 +107,18 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 	}
 	noBodyHeader := header.Clone()
 	noBodyHeader.Del("Content-Type")
+	responsesHeader := header.Clone()
+	responsesHeader.Del("Openai-Beta")
+	streamHeader := responsesHeader.Clone()
+	streamHeader.Set("Accept", "text/event-stream")
 	return &upstreamClient{
-		apiBase:      cfg.apiBase,
-		sessionsURL:  cfg.apiBase + "/chatkit/sessions",
-		header:       header,
-		noBodyHeader: noBodyHeader,
+		apiBase:         cfg.apiBase,
+		sessionsURL:     cfg.apiBase + "/chatkit/sessions",
+		responsesURL:    cfg.apiBase + "/responses",
+		header:          header,
+		noBodyHeader:    noBodyHeader,
+		responsesHeader: responsesHeader,
+		streamHeader:    streamHeader,
 		transport:    transport,
 		retries:      cfg.retries,
 		baseDelay:    retryBaseDelay,
@@ -194,38 +207,101 @@ func (c *upstreamClient) createSession(ctx context.Context, body []byte) (create
 }
 
 func (c *upstreamClient) postWithRetries(ctx context.Context, operation, target string, body []byte) (upstreamCall, []byte, *upstreamError) {
+	header := c.header
+	if body == nil {
+		header = c.noBodyHeader
+	}
+	var payload []byte
+	deadline, _ := ctx.Deadline()
+	call, uerr := c.retrying(ctx, operation, deadline, func() (int, string, *upstreamError) {
+		status, requestID, p, uerr := c.post(ctx, target, header, body)
+		payload = p
+		return status, requestID, uerr
+	})
+	return call, payload, uerr
+}
+
+// retrying makes attempts until one succeeds, one fails for good, or the
+// deadline (zero: none) leaves no room to wait for another.
+func (c *upstreamClient) retrying(ctx context.Context, operation string, deadline time.Time, attempt func() (status int, requestID string, uerr *upstreamError)) (upstreamCall, *upstreamError) {
 	var call upstreamCall
 	start := time.Now()
-	for attempt := 0; ; attempt++ {
+	for n := 0; ; n++ {
 		attemptStart := time.Now()
-		status, requestID, payload, uerr := c.post(ctx, target, body)
+		status, requestID, uerr := attempt()
 		observeUpstream(operation, status, uerr, time.Since(attemptStart))
 		call.status, call.requestID = status, requestID
-		if uerr == nil || attempt >= c.retries || !uerr.retryable() {
+		if uerr == nil || n >= c.retries || !uerr.retryable() {
 			call.duration = time.Since(start)
-			return call, payload, uerr
+			return call, uerr
 		}
-		wait := c.backoff(attempt)
+		wait := c.backoff(n)
 		if uerr.retryAfter > 0 {
 			wait = min(uerr.retryAfter, retryAfterMaxDelay)
 		}
 		// Waiting past the deadline would only turn this answer into a
 		// timeout: return it now instead.
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait {
+		if !deadline.IsZero() && time.Until(deadline) <= wait {
 			call.duration = time.Since(start)
-			return call, payload, uerr
+			return call, uerr
 		}
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			call.duration = time.Since(start)
-			return call, nil, transportFailure(ctx, ctx.Err())
+			return call, transportFailure(ctx, ctx.Err())
 		case <-timer.C:
 		}
 		call.retries++
 		upstreamRetries.WithLabelValues(operation).Inc()
 	}
+}
+
+// openStream posts a streaming Responses request to `<api_base>/responses`
+// and returns the response, open, once its headers arrive with a 2xx
+// status and an event stream; the caller reads and closes the body.
+// Failures before that are retried, until deadline: never once the answer
+// has begun. ctx bounds the whole stream.
+func (c *upstreamClient) openStream(ctx context.Context, deadline time.Time, body []byte) (*http.Response, upstreamCall, *upstreamError) {
+	var resp *http.Response
+	call, uerr := c.retrying(ctx, operationResponses, deadline, func() (int, string, *upstreamError) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.responsesURL, bytes.NewReader(body))
+		if err != nil {
+			return 0, "", &upstreamError{failure: failNetwork, cause: err}
+		}
+		req.Header = c.streamHeader
+		r, err := c.transport.RoundTrip(req)
+		if err != nil {
+			return 0, "", transportFailure(ctx, err)
+		}
+		status, requestID := r.StatusCode, r.Header.Get("X-Request-Id")
+		if status < 200 || status > 299 {
+			payload, _ := readCapped(r.Body, r.ContentLength, maxUpstreamBody)
+			r.Body.Close()
+			return status, requestID, responseFailure(r, payload)
+		}
+		if mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mediaType != "text/event-stream" {
+			r.Body.Close()
+			return status, requestID, &upstreamError{failure: failInvalidResponse, status: status, cause: errors.New("the Responses API answered without an event stream")}
+		}
+		resp = r
+		return status, requestID, nil
+	})
+	return resp, call, uerr
+}
+
+// postResponses makes a Responses request that is not streamed
+// (`<api_base>/responses`) and returns its body.
+func (c *upstreamClient) postResponses(ctx context.Context, body []byte) (upstreamCall, []byte, *upstreamError) {
+	var payload []byte
+	deadline, _ := ctx.Deadline()
+	call, uerr := c.retrying(ctx, operationTitle, deadline, func() (int, string, *upstreamError) {
+		status, requestID, p, uerr := c.post(ctx, c.responsesURL, c.responsesHeader, body)
+		payload = p
+		return status, requestID, uerr
+	})
+	return call, payload, uerr
 }
 
 // backoff is the full-jitter exponential delay before retry attempt+1.
@@ -242,15 +318,12 @@ func (c *upstreamClient) cancelSession(ctx context.Context, sessionID string) (u
 
 // post makes one attempt. The body is read up to a cap, bounded by the
 // context, so a response that never ends cannot outlive the deadline.
-func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (status int, requestID string, payload []byte, uerr *upstreamError) {
+func (c *upstreamClient) post(ctx context.Context, target string, header http.Header, body []byte) (status int, requestID string, payload []byte, uerr *upstreamError) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
 		return 0, "", nil, &upstreamError{failure: failNetwork, cause: err}
 	}
-	req.Header = c.header
-	if body == nil {
-		req.Header = c.noBodyHeader
-	}
+	req.Header = header
 	// The transport directly, not an http.Client: OpenAI does not redirect
 	// this API, and the client would copy the headers for redirects on every
 	// call. The deadline comes with the request's context.
@@ -279,10 +352,17 @@ func (c *upstreamClient) post(ctx context.Context, target string, body []byte) (
 	if status >= 200 && status < 300 {
 		return status, requestID, payload, nil
 	}
-	uerr = &upstreamError{failure: statusFailure(status), status: status, shouldRetry: resp.Header.Get("X-Should-Retry")}
+	return status, requestID, nil, responseFailure(resp, payload)
+}
+
+// responseFailure describes an error status from OpenAI: its class, how
+// long it asks us to wait, and its error type, code and param.
+func responseFailure(resp *http.Response, payload []byte) *upstreamError {
+	status := resp.StatusCode
+	uerr := &upstreamError{failure: statusFailure(status), status: status, shouldRetry: resp.Header.Get("X-Should-Retry")}
 	uerr.retryAfter = parseRetryAfter(resp.Header, time.Now())
 	uerr.errType, uerr.errCode, uerr.errParam = decodeAPIError(payload)
-	return status, requestID, nil, uerr
+	return uerr
 }
 
 func statusFailure(status int) upstreamFailure {

@@ -260,6 +260,8 @@ func (h *Handler) validate() error {
 		{h.RateLimit != nil, func() error { return h.RateLimit.validate() }},
 		{h.Budget != nil, func() error { return h.Budget.validate() }},
 		{h.CircuitBreaker != nil, func() error { return h.CircuitBreaker.validate() }},
+		{h.Agent != nil, func() error { return h.Agent.validate() }},
+		{h.Agent != nil, h.checkAgentPathFree},
 	} {
 		if rule.set {
 			if err := rule.err(); err != nil {
@@ -327,11 +329,17 @@ func (h *Handler) checkModes() error {
 		return refuse("workflow", "workflow needs an id")
 	}
 	if h.Workflow == nil {
-		if !protecting {
-			return refuse("", "workflow is required: add workflow <id>, or protect <path> for a self-hosted ChatKit server")
-		}
-		if opt := h.firstMintingSetting(); opt.directive != "" {
-			return refuse(opt.directive, "%s has no effect without a workflow: with protect alone the module mints no sessions and calls no OpenAI API (add workflow <id>, or remove %s)", opt.name, opt.directive)
+		switch {
+		case h.Agent != nil:
+			if opt := h.firstMintingSetting(false); opt.directive != "" {
+				return refuse(opt.directive, "%s has no effect without a workflow: the agent mints no sessions (add workflow <id>, or remove %s)", opt.name, opt.directive)
+			}
+		case !protecting:
+			return refuse("", "workflow is required: add workflow <id>, or agent for a ChatKit server in Caddy, or protect <path> for a self-hosted one")
+		default:
+			if opt := h.firstMintingSetting(true); opt.directive != "" {
+				return refuse(opt.directive, "%s has no effect without a workflow: with protect alone the module mints no sessions and calls no OpenAI API (add workflow <id>, or remove %s)", opt.name, opt.directive)
+			}
 		}
 	}
 	if !protecting {
@@ -355,36 +363,37 @@ func (h *Handler) checkModes() error {
 type namedSetting struct{ directive, name string }
 
 // firstMintingSetting returns the first setting h has that only the start
-// and refresh endpoints use (the sessions they mint and the OpenAI calls
-// that mint them), or a zero namedSetting. budget is not one: it also
-// applies to model-running requests on protected paths.
-func (h *Handler) firstMintingSetting() namedSetting {
+// and refresh endpoints use (the sessions they mint and, with
+// withOpenAICalls, the OpenAI calls that mint them, which the agent makes
+// too), or a zero namedSetting. budget is not one: it also applies to
+// model-running requests on protected paths and to the agent's runs.
+func (h *Handler) firstMintingSetting(withOpenAICalls bool) namedSetting {
 	ckc := h.ChatKitConfiguration
 	if ckc == nil {
 		ckc = new(ChatKitConfiguration)
 	}
 	for _, s := range []struct {
-		set bool
+		set, openAICall bool
 		namedSetting
 	}{
-		{h.APIKey != "", namedSetting{"api_key", "api_key"}},
-		{h.APIBase != "", namedSetting{"api_base", "api_base"}},
-		{h.Organization != "", namedSetting{"organization", "organization"}},
-		{h.Project != "", namedSetting{"project", "project"}},
-		{h.StartPath != "", namedSetting{"start_path", "start_path"}},
-		{h.RefreshPath != "", namedSetting{"refresh_path", "refresh_path"}},
-		{h.SessionTTL != 0, namedSetting{"session_ttl", "session_ttl"}},
-		{h.MaxRequestsPerMinute != 0, namedSetting{"max_requests_per_minute", "max_requests_per_minute"}},
-		{ckc.FileUpload != nil, namedSetting{"file_upload", "file_upload (chatkit_configuration.file_upload)"}},
-		{ckc.History != nil, namedSetting{"history", "history (chatkit_configuration.history)"}},
-		{ckc.AutomaticThreadTitling != nil, namedSetting{"thread_titling", "thread_titling (chatkit_configuration.automatic_thread_titling)"}},
-		{h.Timeout != 0, namedSetting{"timeout", "timeout"}},
-		{h.Retries != nil, namedSetting{"retries", "retries"}},
-		{h.CircuitBreaker != nil, namedSetting{"circuit_breaker", "circuit_breaker"}},
-		{h.ErrorCache != nil, namedSetting{"error_cache", "error_cache"}},
-		{h.RevokeOnRefresh, namedSetting{"revoke_on_refresh", "revoke_on_refresh"}},
+		{h.APIKey != "", true, namedSetting{"api_key", "api_key"}},
+		{h.APIBase != "", true, namedSetting{"api_base", "api_base"}},
+		{h.Organization != "", true, namedSetting{"organization", "organization"}},
+		{h.Project != "", true, namedSetting{"project", "project"}},
+		{h.StartPath != "", false, namedSetting{"start_path", "start_path"}},
+		{h.RefreshPath != "", false, namedSetting{"refresh_path", "refresh_path"}},
+		{h.SessionTTL != 0, false, namedSetting{"session_ttl", "session_ttl"}},
+		{h.MaxRequestsPerMinute != 0, false, namedSetting{"max_requests_per_minute", "max_requests_per_minute"}},
+		{ckc.FileUpload != nil, false, namedSetting{"file_upload", "file_upload (chatkit_configuration.file_upload)"}},
+		{ckc.History != nil, false, namedSetting{"history", "history (chatkit_configuration.history)"}},
+		{ckc.AutomaticThreadTitling != nil, false, namedSetting{"thread_titling", "thread_titling (chatkit_configuration.automatic_thread_titling)"}},
+		{h.Timeout != 0, true, namedSetting{"timeout", "timeout"}},
+		{h.Retries != nil, true, namedSetting{"retries", "retries"}},
+		{h.CircuitBreaker != nil, true, namedSetting{"circuit_breaker", "circuit_breaker"}},
+		{h.ErrorCache != nil, true, namedSetting{"error_cache", "error_cache"}},
+		{h.RevokeOnRefresh, false, namedSetting{"revoke_on_refresh", "revoke_on_refresh"}},
 	} {
-		if s.set {
+		if s.set && (withOpenAICalls || !s.openAICall) {
 			return s.namedSetting
 		}
 	}
