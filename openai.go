@@ -55,9 +55,9 @@ type upstreamClient struct {
 	// OpenAI-Beta, which only the ChatKit API wants.
 	responsesHeader http.Header
 	streamHeader    http.Header
-	transport    *http.Transport
-	retries      int
-	baseDelay    time.Duration
+	transport       *http.Transport
+	retries         int
+	baseDelay       time.Duration
 }
 
 // transports keeps one keep-alive transport per API base URL across
@@ -119,9 +119,9 @@ func newUpstreamClient(cfg upstreamConfig) *upstreamClient {
 		noBodyHeader:    noBodyHeader,
 		responsesHeader: responsesHeader,
 		streamHeader:    streamHeader,
-		transport:    transport,
-		retries:      cfg.retries,
-		baseDelay:    retryBaseDelay,
+		transport:       transport,
+		retries:         cfg.retries,
+		baseDelay:       retryBaseDelay,
 	}
 }
 
