@@ -43,7 +43,7 @@ func startAgent(t *testing.T, fake *fakeopenai.Server, db, chatkitExtra, agentEx
 	if !strings.Contains(chatkitExtra, "rate_limit") {
 		chatkitExtra += "\n\t\trate_limit off"
 	}
-	if !strings.Contains(agentExtra, "model") && !strings.Contains(agentExtra, "prompt") {
+	if !regexp.MustCompile(`(?m)^\s*(model|prompt)\s`).MatchString(agentExtra) {
 		agentExtra += "\n\t\t\tmodel gpt-5-mini"
 	}
 	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\t%s\n\t\tagent {\n\t\t\tstore sqlite %s\n\t\t\t%s\n\t\t}",
