@@ -173,7 +173,10 @@ type TokenBudgetLimit struct {
 	// `usage.total_tokens`).
 	Tokens int64 `json:"tokens"`
 
-	// The window's length; windows are aligned to the Unix epoch.
+	// The window's length. Windows follow one another from when the site's
+	// config was first loaded, on the monotonic clock (a step of the system
+	// clock neither ends nor stretches one); a reload keeps them and what
+	// was spent, a restart starts afresh.
 	Interval caddy.Duration `json:"interval"`
 }
 
@@ -915,7 +918,7 @@ func (h *Handler) agentReadAllowed(x *exchange) bool {
 		return true
 	}
 	key := h.limiter.clientKey(x.r, x.repl)
-	d := h.agent.zone.reads.allow(key, limit{burst: agentReadBurst, interval: agentReadInterval}, h.now().UnixNano())
+	d := h.agent.zone.reads.allow(key, limit{burst: agentReadBurst, interval: agentReadInterval}, h.limiter.zone.clock.nanos(h.now()))
 	if d.allowed {
 		return true
 	}

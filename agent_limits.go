@@ -49,15 +49,15 @@ type tokenLimit struct {
 	interval time.Duration
 }
 
-// window returns the index of the fixed window now falls in and when it ends.
-func (l tokenLimit) window(now time.Time) (index int64, end time.Time) {
-	ns := now.UnixNano()
-	iv := int64(l.interval)
-	index = ns / iv
-	if ns < 0 && ns%iv != 0 {
-		index-- // floor, for clocks before 1970
+// window returns the index of the fixed window that now (ns on the zone's
+// monotonic time base) falls in, and the time left in it.
+func (l tokenLimit) window(now int64) (index int64, left time.Duration) {
+	iv := max(int64(l.interval), 1)
+	index = now / iv
+	if now < 0 && now%iv != 0 {
+		index-- // floor
 	}
-	return index, time.Unix(0, (index+1)*iv)
+	return index, time.Duration((index+1)*iv - now)
 }
 
 // tokenWindow is what was spent in one window.
@@ -67,8 +67,9 @@ type tokenWindow struct {
 }
 
 // current returns the spend in now's window. A window that has passed
-// counts nothing; one ahead of now (the clock stepped back) is kept as the
-// current one, so a clock step never hands back a spent budget.
+// counts nothing; one ahead of now (a clock that went back: not the
+// monotonic one the handler uses, but a test's) is kept as the current one,
+// so no clock step ever hands back a spent budget.
 func (w *tokenWindow) current(index int64) *tokenWindow {
 	if index > w.index {
 		w.index, w.used = index, 0
@@ -102,25 +103,26 @@ const (
 	tokenScopeSite
 )
 
-// admit decides whether user may start a turn now; when not, it says which
-// budget is spent and when its window ends. A nil limit is no budget.
-func (l *tokenLedger) admit(user string, perUser, site *tokenLimit, now time.Time) (tokenScope, time.Duration) {
+// admit decides whether user may start a turn now (ns on the zone's
+// monotonic base); when not, it says which budget is spent and how long its
+// window still runs. A nil limit is no budget.
+func (l *tokenLedger) admit(user string, perUser, site *tokenLimit, now int64) (tokenScope, time.Duration) {
 	if perUser == nil && site == nil {
 		return tokenScopeNone, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if site != nil {
-		index, end := site.window(now)
+		index, left := site.window(now)
 		if l.site.current(index).used >= site.tokens {
-			return tokenScopeSite, end.Sub(now)
+			return tokenScopeSite, left
 		}
 	}
 	if perUser != nil {
 		if w := l.users[user]; w != nil {
-			index, end := perUser.window(now)
+			index, left := perUser.window(now)
 			if w.current(index).used >= perUser.tokens {
-				return tokenScopeUser, end.Sub(now)
+				return tokenScopeUser, left
 			}
 		}
 	}
@@ -128,7 +130,7 @@ func (l *tokenLedger) admit(user string, perUser, site *tokenLimit, now time.Tim
 }
 
 // charge adds what a turn cost to the windows now falls in.
-func (l *tokenLedger) charge(user string, tokens int64, perUser, site *tokenLimit, now time.Time) {
+func (l *tokenLedger) charge(user string, tokens int64, perUser, site *tokenLimit, now int64) {
 	if tokens <= 0 || (perUser == nil && site == nil) {
 		return
 	}
@@ -174,7 +176,7 @@ func (l *tokenLedger) forgetOne(index int64) {
 
 // spent reports what user and the site have spent in now's windows (for
 // tests and logs).
-func (l *tokenLedger) spent(user string, perUser, site *tokenLimit, now time.Time) (userTokens, siteTokens int64) {
+func (l *tokenLedger) spent(user string, perUser, site *tokenLimit, now int64) (userTokens, siteTokens int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if site != nil {

@@ -177,7 +177,7 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 
 	// The limits, decided before anything is saved or the model is called.
 	now := h.now()
-	switch scope, wait := a.zone.tokens.admit(t.owner, a.userBudget, a.siteBudget, now); scope {
+	switch scope, wait := a.zone.tokens.admit(t.owner, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now)); scope {
 	case tokenScopeUser:
 		x.refuseTurn(answerTurnTokensUser, wait)
 		return
@@ -563,7 +563,7 @@ func (t *agentTurn) chargeTokens(u agentUsage) {
 	if total == 0 {
 		total = u.InputTokens + u.OutputTokens
 	}
-	t.a.zone.tokens.charge(t.owner, total, t.a.userBudget, t.a.siteBudget, t.h.now())
+	t.a.zone.tokens.charge(t.owner, total, t.a.userBudget, t.a.siteBudget, t.h.limiter.zone.clock.nanos(t.h.now()))
 	agentTokens.WithLabelValues("input").Add(float64(max(u.InputTokens, 0)))
 	agentTokens.WithLabelValues("output").Add(float64(max(u.OutputTokens, 0)))
 }
@@ -704,23 +704,15 @@ func agentStoredUserText(raw json.RawMessage) string {
 }
 
 // agentFailureEvent is the error event for an OpenAI call that failed
-// before or while answering, and whether there is one (none when the
-// browser has gone).
+// before or while answering (its rule's), and whether there is one (none
+// when the browser has gone). A wait OpenAI asked for is said in words.
 func agentFailureEvent(e *upstreamError) (agentStreamError, bool) {
-	switch e.failure {
-	case failCanceled:
-		return agentStreamError{}, false
-	case failRateLimited:
-		msg := "The assistant is busy right now. Try again in a moment."
-		if e.retryAfter > 0 {
-			msg = "The assistant is busy right now. Try again " + agentWaitWords(e.retryAfter) + "."
-		}
-		return agentStreamError{Code: agentErrorCodeCustom, Message: msg, AllowRetry: true}, true
-	case failTimeout:
-		return agentStreamError{Code: agentErrorCodeCustom, Message: "The assistant took too long to answer. Try again.", AllowRetry: true}, true
-	case failAuth, failNotFound, failRejected:
-		// The configuration, or the request itself: the same fails again.
-		return agentStreamError{Code: agentErrorCodeStream, AllowRetry: false}, true
+	ev := e.failure.rule().event
+	if ev.Code == "" {
+		return ev, false
 	}
-	return agentStreamError{Code: agentErrorCodeStream, AllowRetry: true}, true
+	if e.failure == failRateLimited && e.retryAfter > 0 {
+		ev.Message = "The assistant is busy right now. Try again " + agentWaitWords(e.retryAfter) + "."
+	}
+	return ev, true
 }

@@ -395,7 +395,7 @@ func TestAgentTitles(t *testing.T) {
 	})
 	t.Run("from the title model", func(t *testing.T) {
 		startAgent(t, fake, "", "", "title_model gpt-5-nano")
-		fake.ScriptResponse(fakeopenai.ResponseScript{})                          // the answer
+		fake.ScriptResponse(fakeopenai.ResponseScript{})                           // the answer
 		fake.ScriptResponse(fakeopenai.ResponseScript{Text: `"Lisbon with kids"`}) // the title
 		browser := client(t)
 		s := agentStreamPost(t, browser, createBody("Plan a Lisbon trip with my children"))

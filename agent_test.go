@@ -543,7 +543,7 @@ func TestAgentUpdateDeleteAndFeedback(t *testing.T) {
 	th := s.threadID(t)
 	answer := s.doneItems(t)[1]
 
-	r := browser.post(`{"type":"threads.update","params":{"thread_id":"`+th+`","title":"Renamed <ok> & fine"}}`)
+	r := browser.post(`{"type":"threads.update","params":{"thread_id":"` + th + `","title":"Renamed <ok> & fine"}}`)
 	if r.status != http.StatusOK || r.json["title"] != "Renamed <ok> & fine" || r.json["id"] != th || !strings.Contains(r.body, `"items":{"data":[],"has_more":false}`) {
 		t.Fatalf("update = %d %s", r.status, r.body)
 	}
@@ -556,7 +556,7 @@ func TestAgentUpdateDeleteAndFeedback(t *testing.T) {
 
 	series := `caddy_chatkit_agent_feedback_total{kind="negative"}`
 	before := scrapeCounter(t, series)
-	r = browser.post(`{"type":"items.feedback","params":{"thread_id":"`+th+`","item_ids":["`+answer.ID+`"],"kind":"negative"}}`)
+	r = browser.post(`{"type":"items.feedback","params":{"thread_id":"` + th + `","item_ids":["` + answer.ID + `"],"kind":"negative"}}`)
 	if r.status != http.StatusOK || r.body != "{}" {
 		t.Fatalf("feedback = %d %s", r.status, r.body)
 	}

@@ -70,22 +70,24 @@ func allAnswers() []answer {
 }
 
 // The agent endpoint's own answers. The JSON ones are errors decided before
-// anything is saved. The answerTurn ones refuse a model run; they go out as
-// a 200 event stream whose one `error` event carries the message (the
-// ChatKit widget shows that to the person, not a 429's body), with
-// Retry-After set and the wait appended in words.
+// anything is saved. The answerTurn ones refuse a model run: their status
+// and code are what the refusal means (logged, counted, documented), but
+// they go out as a 200 event stream whose one `error` event (code
+// "custom") carries the message, in words for the person, with the wait
+// appended and in Retry-After: the ChatKit widget shows an error event's
+// message to the person, and a 429's body it would not.
 var (
 	answerNotFound         = answer{http.StatusNotFound, "not_found", "no such thread or item", outcomeNotFound}
 	answerThreadBusy       = answer{http.StatusConflict, "thread_busy", "this thread is still answering; wait for the answer or stop it", outcomeThreadBusy}
 	answerStoreUnavailable = answer{http.StatusServiceUnavailable, "store_unavailable", "the chat history is unavailable", outcomeStoreUnavailable}
 	answerStoreFailed      = answer{http.StatusInternalServerError, "internal_error", "the chat history could not be read or written", outcomeInternalError}
 
-	answerTurnRateLimited = answer{http.StatusOK, agentErrorCodeCustom, "You are sending messages faster than this site allows.", outcomeRateLimited}
-	answerTurnBudget      = answer{http.StatusOK, agentErrorCodeCustom, "The assistant has answered as many messages as this site allows for now.", outcomeBudgetExhausted}
-	answerTurnTokensUser  = answer{http.StatusOK, agentErrorCodeCustom, "You have used your share of the assistant for now.", outcomeTokenBudgetExhausted}
-	answerTurnTokensSite  = answer{http.StatusOK, agentErrorCodeCustom, "The assistant has used this site's allowance for now.", outcomeTokenBudgetExhausted}
-	answerTurnLimiterDown = answer{http.StatusOK, agentErrorCodeCustom, "The assistant cannot check this site's limits right now.", outcomeRateLimitUnavailable}
-	answerTurnCircuitOpen = answer{http.StatusOK, agentErrorCodeCustom, "The assistant is unavailable right now.", outcomeCircuitOpen}
+	answerTurnRateLimited = answer{http.StatusTooManyRequests, "rate_limit_exceeded", "You are sending messages faster than this site allows.", outcomeRateLimited}
+	answerTurnBudget      = answer{http.StatusServiceUnavailable, "budget_exhausted", "The assistant has answered as many messages as this site allows for now.", outcomeBudgetExhausted}
+	answerTurnTokensUser  = answer{http.StatusTooManyRequests, "token_budget_exhausted", "You have used your share of the assistant for now.", outcomeTokenBudgetExhausted}
+	answerTurnTokensSite  = answer{http.StatusServiceUnavailable, "token_budget_exhausted", "The assistant has used this site's allowance for now.", outcomeTokenBudgetExhausted}
+	answerTurnLimiterDown = answer{http.StatusServiceUnavailable, "rate_limit_unavailable", "The assistant cannot check this site's limits right now.", outcomeRateLimitUnavailable}
+	answerTurnCircuitOpen = answer{http.StatusServiceUnavailable, "circuit_open", "The assistant is unavailable right now.", outcomeCircuitOpen}
 )
 
 // withMessage is the same answer with a message that says more.
@@ -111,12 +113,17 @@ const (
 )
 
 // failureRule is everything one kind of upstream failure means, in one
-// place: the answer the browser gets, how it is logged, what it does to the
-// circuit breaker, whether it is a configuration error (cached for
-// error_cache, health "degraded"), whether it is retried, and its metric
-// status class when there was no HTTP status.
+// place: the answer the browser gets (and, on the agent's streams, the
+// error event), how it is logged, what it does to the circuit breaker,
+// whether it is a configuration error (cached for error_cache, health
+// "degraded"), whether it is retried, and its metric status class when
+// there was no HTTP status.
 type failureRule struct {
-	answer        answer
+	answer answer
+	// event is what the agent's stream says once it has begun: the ChatKit
+	// `error` event, whose allow_retry says whether trying again can help
+	// (a zero Code: none, nobody is listening).
+	event         agentStreamError
 	level         zapcore.Level
 	log           string
 	breaker       breakerEffect
@@ -157,11 +164,13 @@ const (
 var failureRules = [failureCount]failureRule{
 	failNetwork: {
 		answer: answer{http.StatusBadGateway, "upstream_unreachable", "the chat service could not be reached", outcomeUpstreamError},
+		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: true},
 		level:  zapcore.WarnLevel, log: "could not reach OpenAI",
 		breaker: breakerCounts, retry: retryUnlessRefused, metricClass: "error",
 	},
 	failTimeout: {
 		answer: answer{http.StatusGatewayTimeout, "upstream_timeout", "OpenAI did not answer in time", outcomeUpstreamTimeout},
+		event:  agentStreamError{Code: agentErrorCodeCustom, Message: "The assistant took too long to answer. Try again.", AllowRetry: true},
 		level:  zapcore.WarnLevel, log: "OpenAI did not answer before the timeout",
 		breaker: breakerCounts, retry: retryNever, metricClass: "timeout",
 	},
@@ -173,30 +182,37 @@ var failureRules = [failureCount]failureRule{
 	},
 	failAuth: {
 		answer: answer{http.StatusBadGateway, "upstream_auth_failed", "the chat service is misconfigured", outcomeUpstreamError},
+		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: false},
 		level:  zapcore.ErrorLevel, log: "OpenAI rejected the API key: check api_key (OPENAI_API_KEY) and that its project may use ChatKit",
 		configError: true,
 	},
 	failNotFound: {
 		answer: answer{http.StatusBadGateway, "workflow_not_found", "the chat service is misconfigured", outcomeUpstreamError},
-		level:  zapcore.ErrorLevel, log: "OpenAI does not know the workflow: the key and the workflow belong to different projects, the workflow id is wrong, or Agent Builder has been retired",
+		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: false},
+		level:  zapcore.ErrorLevel, log: "OpenAI does not know the workflow (or the agent's model or prompt): the key and the workflow belong to different projects, an id or model name is wrong, or Agent Builder has been retired",
 		configError: true,
 	},
 	failRateLimited: {
 		answer: answer{http.StatusServiceUnavailable, "upstream_rate_limited", "the chat service is busy", outcomeUpstreamError},
-		level:  zapcore.WarnLevel, log: "OpenAI is rate limiting this key",
+		// The wait OpenAI asked for is said in words when there is one.
+		event: agentStreamError{Code: agentErrorCodeCustom, Message: "The assistant is busy right now. Try again in a moment.", AllowRetry: true},
+		level: zapcore.WarnLevel, log: "OpenAI is rate limiting this key",
 		retry: retryUnlessRefused, waitByDefault: 5 * time.Second,
 	},
 	failServer: {
 		answer: answer{http.StatusBadGateway, "upstream_error", "the chat service failed, try again shortly", outcomeUpstreamError},
-		level:  zapcore.WarnLevel, log: "OpenAI failed to create the session",
+		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: true},
+		level:  zapcore.WarnLevel, log: "OpenAI failed to create the session or to answer the agent's turn",
 		breaker: breakerCounts, retry: retryUnlessRefused,
 	},
 	failRejected: {
 		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError},
-		level:  zapcore.ErrorLevel, log: "OpenAI refused the session request: check the chatkit options (see openai_error_param)",
+		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: false},
+		level:  zapcore.ErrorLevel, log: "OpenAI refused the request: check the chatkit options, or the agent's model and options (see openai_error_param)",
 	},
 	failInvalidResponse: {
 		answer: answer{http.StatusBadGateway, "upstream_invalid_response", "the chat service answered unexpectedly", outcomeUpstreamError},
+		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: true},
 		level:  zapcore.WarnLevel, log: "OpenAI answered with an unusable response",
 		breaker: breakerCounts,
 	},

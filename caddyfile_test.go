@@ -646,6 +646,7 @@ var cfSubdirectiveSamples = map[string]string{
 	"protect":                 "protect /chatkit /chatkit-upload",
 	"identity_header":         "identity_header X-User-Id",
 	"max_upload":              "max_upload 5MB",
+	"agent":                   "agent {\n\t\tmodel gpt-5-mini\n\t}",
 }
 
 // cfSampleNeeds returns what a sample needs besides a workflow to have an

@@ -335,7 +335,7 @@ func (h *Handler) checkModes() error {
 				return refuse(opt.directive, "%s has no effect without a workflow: the agent mints no sessions (add workflow <id>, or remove %s)", opt.name, opt.directive)
 			}
 		case !protecting:
-			return refuse("", "workflow is required: add workflow <id>, or agent for a ChatKit server in Caddy, or protect <path> for a self-hosted one")
+			return refuse("", "workflow is required: add workflow <id>, or protect <path> for a self-hosted ChatKit server, or agent to make Caddy the ChatKit server")
 		default:
 			if opt := h.firstMintingSetting(true); opt.directive != "" {
 				return refuse(opt.directive, "%s has no effect without a workflow: with protect alone the module mints no sessions and calls no OpenAI API (add workflow <id>, or remove %s)", opt.name, opt.directive)
