@@ -139,8 +139,8 @@ func TestAdaptGoldenDecodes(t *testing.T) {
 			var h Handler
 			if err := dec.Decode(&h); err != nil {
 				t.Errorf("%s: chatkit handler %s: %v", file, raw, err)
-			} else if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 {
-				t.Errorf("%s: chatkit handler with neither a workflow id nor protect: %s", file, raw)
+			} else if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 && h.Agent == nil {
+				t.Errorf("%s: chatkit handler with neither a workflow id, protect nor agent: %s", file, raw)
 			}
 		}
 	}

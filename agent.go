@@ -349,9 +349,7 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	maxOutput := cmp.Or(cfg.MaxOutputTokens, defaultAgentMaxOutputTokens)
 	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort)
 
-	mac := hmac.New(sha256.New, []byte(h.apiKey))
-	mac.Write([]byte(agentSafetyLabel))
-	a.sidKey = mac.Sum(nil)
+	a.sidKey = agentSafetyKey(h.apiKey)
 
 	if b := cfg.TokenBudget; b != nil {
 		if b.User != nil {
@@ -471,6 +469,13 @@ func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPr
 	return append(buf, `,"stream":true,"input":`...)
 }
 
+// agentSafetyKey derives the safety_identifier key from the API key.
+func agentSafetyKey(apiKey string) []byte {
+	mac := hmac.New(sha256.New, []byte(apiKey))
+	mac.Write([]byte(agentSafetyLabel))
+	return mac.Sum(nil)
+}
+
 // safetyIdentifier is what OpenAI gets instead of the user id: a keyed
 // hash, `sid_` and 60 hex digits (OpenAI allows 64 characters).
 func (a *agentRuntime) safetyIdentifier(user string) string {
@@ -533,6 +538,7 @@ type agentStoreHandle struct {
 	retryAt    time.Time
 	users      int
 	destructed bool
+	waiting    int // requests waiting for the open in flight (tests watch it)
 }
 
 func newAgentStoreHandle(path string, open func(context.Context) (threadstore.Store, error)) *agentStoreHandle {
@@ -570,13 +576,21 @@ func (s *agentStoreHandle) acquire(ctx context.Context) (threadstore.Store, func
 			return nil, nil, err
 		}
 		if wait := s.opening; wait != nil {
+			s.waiting++
 			s.mu.Unlock()
+			var err error
 			select {
 			case <-wait:
-				continue
 			case <-ctx.Done():
-				return nil, nil, fmt.Errorf("%w: %w", threadstore.ErrUnavailable, ctx.Err())
+				err = fmt.Errorf("%w: %w", threadstore.ErrUnavailable, ctx.Err())
 			}
+			s.mu.Lock()
+			s.waiting--
+			s.mu.Unlock()
+			if err != nil {
+				return nil, nil, err
+			}
+			continue
 		}
 		done := make(chan struct{})
 		s.opening = done

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
@@ -905,5 +907,183 @@ func agentWaitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// ---------------------------------------------------------------- units
+
+func TestAgentTitleCutsAtAWord(t *testing.T) {
+	for in, want := range map[string]string{
+		"Hi":                        "Hi",
+		"  Where   is\tmy order?  ": "Where is my order?",
+		"First line\nsecond line":   "First line",
+		strings.Repeat("word ", 20): "word word word word word word word word word word word word…",
+		strings.Repeat("x", 100):    strings.Repeat("x", 60) + "…",
+		"Können Sie mir bitte helfen, eine Reise nach Lissabon zu planen, mit Kindern?": "Können Sie mir bitte helfen, eine Reise nach Lissabon zu…",
+	} {
+		got := agentTitle(in)
+		if got != want {
+			t.Errorf("agentTitle(%q) = %q, want %q", in, got, want)
+		}
+		if n := len([]rune(got)); n > agentTitleLength+1 {
+			t.Errorf("title %q is %d characters", got, n)
+		}
+	}
+}
+
+func TestAgentSafetyIdentifier(t *testing.T) {
+	mac := func(key string) *agentRuntime { return &agentRuntime{sidKey: agentSafetyKey(key)} }
+	one, two := mac("sk-one"), mac("sk-two")
+	sid := one.safetyIdentifier("anon:abc")
+	if len(sid) != 64 || !strings.HasPrefix(sid, "sid_") || strings.Contains(sid, "abc") {
+		t.Fatalf("safety identifier %q", sid)
+	}
+	if one.safetyIdentifier("anon:abc") != sid || one.safetyIdentifier("anon:abd") == sid {
+		t.Fatal("not a function of the user id")
+	}
+	if two.safetyIdentifier("anon:abc") == sid {
+		t.Fatal("the same identifier under another key: it is not keyed")
+	}
+}
+
+func TestAgentNewIDs(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := agentNewID("thr")
+		if !regexp.MustCompile(`^thr_[0-9a-f]{24}$`).MatchString(id) || seen[id] {
+			t.Fatalf("id %q (seen before: %v)", id, seen[id])
+		}
+		seen[id] = true
+	}
+}
+
+func TestAgentStoreHandleOpensOnceAndOutlivesConfig(t *testing.T) {
+	opens := 0
+	gate := make(chan struct{})
+	st := &closeCounter{}
+	h := newAgentStoreHandle("test", func(ctx context.Context) (threadstore.Store, error) {
+		opens++
+		<-gate
+		return st, nil
+	})
+	// Concurrent first requests share one open: three wait while the
+	// first one opens.
+	results := make(chan error, 4)
+	releases := make(chan func(), 4)
+	for range 4 {
+		go func() {
+			_, release, err := h.acquire(context.Background())
+			results <- err
+			releases <- release
+		}()
+	}
+	agentWaitUntil(t, "three requests waiting for the open", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.waiting == 3
+	})
+	close(gate)
+	for range 4 {
+		if err := <-results; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opens != 1 {
+		t.Fatalf("%d opens for concurrent first requests, want 1", opens)
+	}
+	// The last config goes while requests still use the store: it closes
+	// only when the last of them is done.
+	if err := h.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		(<-releases)()
+	}
+	if st.closed != 0 {
+		t.Fatal("closed under a running request")
+	}
+	(<-releases)()
+	if st.closed != 1 {
+		t.Fatalf("closed %d times after the last request, want 1", st.closed)
+	}
+	if _, _, err := h.acquire(context.Background()); !errors.Is(err, threadstore.ErrClosed) {
+		t.Fatalf("acquire after Destruct: %v", err)
+	}
+}
+
+func TestAgentStoreHandleRemembersAFailedOpen(t *testing.T) {
+	opens := 0
+	h := newAgentStoreHandle("test", func(ctx context.Context) (threadstore.Store, error) {
+		opens++
+		return nil, errors.New("disk on fire")
+	})
+	for range 3 {
+		if _, _, err := h.acquire(context.Background()); !errors.Is(err, errAgentStoreOpen) || !strings.Contains(err.Error(), "disk on fire") {
+			t.Fatalf("acquire = %v", err)
+		}
+	}
+	if opens != 1 {
+		t.Fatalf("%d opens within the retry pause, want 1", opens)
+	}
+}
+
+// closeCounter is a store that only counts Close.
+type closeCounter struct {
+	threadstore.Store
+	closed int
+}
+
+func (c *closeCounter) Close() error { c.closed++; return nil }
+
+func TestAgentParseCaddyfile(t *testing.T) {
+	h, err := cfParse(`chatkit {
+		agent /chat {
+			model gpt-5-mini
+			instructions "Be brief."
+			store sqlite /var/lib/caddy/chat.db
+			history 12
+			max_output_tokens 512
+			reasoning_effort low
+			max_input 2000
+			title_model gpt-5-nano
+			token_budget user 20000 1h
+			token_budget site 1000000 24h
+			idle_timeout 45s
+			openai_store on
+		}
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Agent{
+		Path: "/chat", Model: "gpt-5-mini", Instructions: "Be brief.",
+		Store:   &AgentStore{Type: "sqlite", Path: "/var/lib/caddy/chat.db"},
+		History: 12, MaxOutputTokens: 512, ReasoningEffort: "low", MaxInput: 2000, TitleModel: "gpt-5-nano",
+		TokenBudget: &AgentTokenBudget{
+			User: &TokenBudgetLimit{Tokens: 20000, Interval: caddy.Duration(time.Hour)},
+			Site: &TokenBudgetLimit{Tokens: 1000000, Interval: caddy.Duration(24 * time.Hour)},
+		},
+		IdleTimeout: caddy.Duration(45 * time.Second), OpenAIStore: true,
+	}
+	if got, exp := cfJSON(h.Agent), cfJSON(want); got != exp {
+		t.Fatalf("parsed\n%s\nwant\n%s", got, exp)
+	}
+	if h.Workflow != nil {
+		t.Fatal("an agent block needs no workflow")
+	}
+
+	// The rest of the forms.
+	h, err = cfParse("chatkit {\n\tagent {\n\t\tprompt pmpt_1 2\n\t\tinstructions_file /etc/caddy/a.md\n\t\tstore sqlite\n\t\ttitle_model off\n\t}\n\tprotect /chatkit\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := h.Agent; a.Prompt == nil || a.Prompt.ID != "pmpt_1" || a.Prompt.Version != "2" || a.InstructionsFile != "/etc/caddy/a.md" ||
+		a.Store == nil || a.Store.Type != "sqlite" || a.Store.Path != "" || a.TitleModel != "off" || len(h.Protect) != 1 {
+		t.Fatalf("parsed %s", cfJSON(h))
+	}
+	// Errors point at the line of the option.
+	_, err = cfParse("chatkit {\n\tagent {\n\t\tmodel m\n\t\thistory 5000\n\t}\n}")
+	if err == nil || !strings.Contains(err.Error(), "Testfile:4") {
+		t.Fatalf("error %v, want it at line 4", err)
 	}
 }

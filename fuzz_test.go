@@ -1014,6 +1014,10 @@ revoke_on_refresh on`},
 		{"zero-values", "workflow wf\nrate_limit 0 1s\nbudget 0 0s\nerror_cache 0s\nretries 0"},
 		{"paths-collide-then-freed", "workflow wf\nstart_path /api/health\nhealth_path off"},
 		{"rate-limit-off-zone", "workflow wf\nrate_limit off {\n\tzone z\n}"},
+		{"agent-only", "agent {\n\tmodel gpt-5-mini\n\tinstructions \"Be brief.\"\n}"},
+		{"agent-every-option", "workflow wf\nprotect /x\nagent /chat {\n\tprompt pmpt_1 2\n\tinstructions_file /etc/a.md\n\tstore sqlite a.db\n\thistory 7\n\tmax_output_tokens 99\n\treasoning_effort high\n\tmax_input 9\n\ttitle_model off\n\ttoken_budget user 1 1s\n\ttoken_budget site 2 2s\n\tidle_timeout 3s\n\topenai_store on\n}"},
+		{"agent-minting-option", "agent {\n\tmodel m\n}\nsession_ttl 1m"},
+		{"agent-nested-bad", "agent {\n\tmodel m {\n\t\tx\n\t}\n\ttoken_budget user 1 1s\n\ttoken_budget user 1 1s\n}"},
 	}
 	seeds := make([]fzSeed, len(bodies))
 	for i, b := range bodies {
@@ -1022,8 +1026,8 @@ revoke_on_refresh on`},
 	return seeds
 }
 
-// FuzzCaddyfile: parsing never panics; a parsed handler has a workflow id
-// or protect, passes the rules JSON configs pass, and survives the JSON encoding Caddy stores it in, byte for byte and
+// FuzzCaddyfile: parsing never panics; a parsed handler has a workflow id,
+// protect or agent, passes the rules JSON configs pass, and survives the JSON encoding Caddy stores it in, byte for byte and
 // field for field.
 func FuzzCaddyfile(f *testing.F) {
 	for _, s := range fzCaddyfileSeeds() {
@@ -1050,8 +1054,8 @@ func FuzzCaddyfile(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 {
-			t.Fatalf("parsed %q with neither a workflow id nor protect: %+v", input, h.Workflow)
+		if (h.Workflow == nil || h.Workflow.ID == "") && len(h.Protect) == 0 && h.Agent == nil {
+			t.Fatalf("parsed %q with neither a workflow id, protect nor agent: %+v", input, h.Workflow)
 		}
 		// The parser and JSON configs share one set of rules.
 		if err := h.validate(); err != nil {

@@ -1,6 +1,8 @@
 package chatkit
 
 import (
+	"context"
+	"io"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -234,5 +236,63 @@ func TestRevokeOnRefresh(t *testing.T) {
 	second := expectSecret(t, do(t, alice, "POST", "/api/chatkit/start", ""), fake)
 	fake.Reset()
 	expectSecret(t, do(t, alice, "POST", "/api/chatkit/refresh", `{"currentClientSecret":"`+second+`"}`), fake)
+	assertNoLeakedGoroutines(t)
+}
+
+// responsesClient is an upstream client on the fake, as the agent builds it.
+func responsesClient(t *testing.T, fake *fakeopenai.Server, retries int) *upstreamClient {
+	t.Helper()
+	c := newUpstreamClient(upstreamConfig{apiBase: fake.URL(), apiKey: fakeopenai.DefaultAPIKey, retries: retries})
+	c.baseDelay = time.Millisecond
+	t.Cleanup(c.close)
+	return c
+}
+
+func TestOpenStreamRetriesOnlyBeforeHeaders(t *testing.T) {
+	fake := newFake(t)
+	c := responsesClient(t, fake, 2)
+	body := []byte(`{"model":"gpt-5-mini","input":"hi","stream":true}`)
+
+	fake.ScriptResponse(fakeopenai.ResponseScript{Status: 502})
+	resp, call, uerr := c.openStream(context.Background(), time.Now().Add(5*time.Second), body)
+	if uerr != nil {
+		t.Fatalf("502 then a stream: %v", uerr)
+	}
+	if call.retries != 1 || fake.ResponsesCount() != 2 || call.status != 200 || call.requestID == "" {
+		t.Fatalf("call %+v after %d requests", call, fake.ResponsesCount())
+	}
+	events, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !strings.Contains(string(events), "event: response.completed") {
+		t.Fatalf("stream: %v %q", err, events)
+	}
+	got := fake.Requests()[1]
+	if got.Path != "/v1/responses" || got.Header.Get("OpenAI-Beta") != "" || got.Header.Get("Accept") != "text/event-stream" ||
+		got.Header.Get("Content-Type") != "application/json" || got.Header.Get("Authorization") != "Bearer "+fakeopenai.DefaultAPIKey {
+		t.Fatalf("request %s %v", got.Path, got.Header)
+	}
+
+	// A wait OpenAI asks for that the deadline cannot hold: answered now.
+	fake.ScriptResponse(fakeopenai.ResponseScript{Status: 429, Header: map[string]string{"Retry-After": "7"}})
+	start := time.Now()
+	_, _, uerr = c.openStream(context.Background(), time.Now().Add(2*time.Second), body)
+	if uerr == nil || uerr.failure != failRateLimited || uerr.retryAfter != 7*time.Second || time.Since(start) > time.Second {
+		t.Fatalf("429 past the deadline: %+v after %s", uerr, time.Since(start))
+	}
+
+	// A 200 that is not an event stream is unusable.
+	_, _, uerr = c.openStream(context.Background(), time.Now().Add(5*time.Second), []byte(`{"model":"gpt-5-mini","input":"hi"}`))
+	if uerr == nil || uerr.failure != failInvalidResponse {
+		t.Fatalf("a JSON answer to a stream request: %+v", uerr)
+	}
+
+	// The title call is not streamed and has no beta header either.
+	_, payload, uerr := c.postResponses(context.Background(), []byte(`{"model":"gpt-5-nano","input":"hi","store":false}`))
+	if text, _, ok := agentResponseText(payload); uerr != nil || !ok || text != "You said: hi" {
+		t.Fatalf("postResponses: %v %q", uerr, payload)
+	}
+	if h := fake.Requests()[len(fake.Requests())-1].Header; h.Get("OpenAI-Beta") != "" || h.Get("Accept") != "application/json" {
+		t.Fatalf("title call headers %v", h)
+	}
 	assertNoLeakedGoroutines(t)
 }
