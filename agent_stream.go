@@ -260,9 +260,14 @@ func (t *agentTurn) run() {
 		h.guard.release(t.probe)
 		return
 	}
-	completed := t.callModel(history)
-	if completed && t.thread.Title == "" && !agentHasAnswer(history) {
-		t.setTitle(history)
+	// What the title needs is kept; the history itself is not held while
+	// the answer streams, which may take minutes.
+	titleFrom := ""
+	if t.thread.Title == "" && !agentHasAnswer(history) {
+		titleFrom = agentFirstUserText(history)
+	}
+	if t.callModel(t.requestBody(history)) && strings.TrimSpace(titleFrom) != "" {
+		t.setTitle(titleFrom)
 	}
 	t.flush()
 }
@@ -403,11 +408,10 @@ func (t *agentTurn) requestBody(history []threadstore.Item) []byte {
 	return append(buf, '}')
 }
 
-// callModel runs the model and streams its answer; it reports whether the
-// model completed an answer.
-func (t *agentTurn) callModel(history []threadstore.Item) bool {
+// callModel sends body to the model and streams its answer; it reports
+// whether the model completed an answer.
+func (t *agentTurn) callModel(body []byte) bool {
 	h, x, a := t.h, t.x, t.a
-	body := t.requestBody(history)
 
 	// The browser leaving cancels everything at once; the timers cancel with
 	// their own cause, so the end of the turn can say which it was.
@@ -579,20 +583,20 @@ func agentHasAnswer(history []threadstore.Item) bool {
 	return false
 }
 
+// agentFirstUserText is the text of the oldest user message in history.
+func agentFirstUserText(history []threadstore.Item) string {
+	for i := range history {
+		if history[i].Type == agentItemUserMessage {
+			return agentStoredUserText(history[i].Data)
+		}
+	}
+	return ""
+}
+
 // setTitle gives an untitled thread its title after its first answer: from
 // the title model when one is set (falling back on failure), else from the
 // first message.
-func (t *agentTurn) setTitle(history []threadstore.Item) {
-	first := ""
-	for i := range history {
-		if history[i].Type == agentItemUserMessage {
-			first = agentStoredUserText(history[i].Data)
-			break
-		}
-	}
-	if strings.TrimSpace(first) == "" {
-		return
-	}
+func (t *agentTurn) setTitle(first string) {
 	title := ""
 	if t.a.titleModel != "" && !t.gone {
 		title = t.titleFromModel(first)

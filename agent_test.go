@@ -1087,3 +1087,18 @@ func TestAgentParseCaddyfile(t *testing.T) {
 		t.Fatalf("error %v, want it at line 4", err)
 	}
 }
+
+// TestAgentPathAsItArrived: a WordPress site's try_files runs before
+// chatkit and rewrites every path that is not a file to /index.php; the
+// agent endpoint is matched on the path the browser asked for.
+func TestAgentPathAsItArrived(t *testing.T) {
+	fake := newFake(t)
+	db := filepath.Join(t.TempDir(), "threads.db")
+	block := fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\trate_limit off\n\t\tagent {\n\t\t\tmodel gpt-5-mini\n\t\t\tstore sqlite %s\n\t\t}", fake.URL(), fakeopenai.DefaultAPIKey, db)
+	newTester(t, caddyConfig("", block, "try_files {path} {path}/ /index.php?{query}"))
+	s := agentStreamPost(t, client(t), createBody("Hi"))
+	expectStreamHeaders(t, s)
+	if s.errorFrame() != nil || len(s.doneItems(t)) != 2 {
+		t.Fatalf("the agent did not answer behind try_files: %s", s.body)
+	}
+}

@@ -266,11 +266,15 @@ func (c *upstreamClient) retrying(ctx context.Context, operation string, deadlin
 func (c *upstreamClient) openStream(ctx context.Context, deadline time.Time, body []byte) (*http.Response, upstreamCall, *upstreamError) {
 	var resp *http.Response
 	call, uerr := c.retrying(ctx, operationResponses, deadline, func() (int, string, *upstreamError) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.responsesURL, bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.responsesURL, nil)
 		if err != nil {
 			return 0, "", &upstreamError{failure: failNetwork, cause: err}
 		}
 		req.Header = c.streamHeader
+		// The request outlives its sending by as long as the answer streams
+		// (the transport keeps it): a body that lets go of its bytes once
+		// sent keeps the history out of memory meanwhile.
+		req.Body, req.ContentLength = &sentBody{rest: body}, int64(len(body))
 		r, err := c.transport.RoundTrip(req)
 		if err != nil {
 			return 0, "", transportFailure(ctx, err)
@@ -289,6 +293,27 @@ func (c *upstreamClient) openStream(ctx context.Context, deadline time.Time, bod
 		return status, requestID, nil
 	})
 	return resp, call, uerr
+}
+
+// sentBody is a request body that drops its bytes once they are read.
+type sentBody struct{ rest []byte }
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	if len(b.rest) == 0 {
+		b.rest = nil
+		return 0, io.EOF
+	}
+	n := copy(p, b.rest)
+	b.rest = b.rest[n:]
+	if len(b.rest) == 0 {
+		b.rest = nil
+	}
+	return n, nil
+}
+
+func (b *sentBody) Close() error {
+	b.rest = nil
+	return nil
 }
 
 // postResponses makes a Responses request that is not streamed
