@@ -706,9 +706,7 @@ func (h *Handler) serveAgent(x *exchange) {
 	defer func() {
 		agentRequests.WithLabelValues(agentMetricType(x.requestType), x.outcome).Inc()
 	}()
-	x.scheme = browserScheme(r)
-	x.verdict = h.origins.judge(r, x.scheme)
-	setCORS(x.w.Header(), x.verdict)
+	h.judgeOrigin(x)
 	if r.Method == http.MethodOptions {
 		h.serveAgentPreflight(x)
 		return
@@ -722,13 +720,15 @@ func (h *Handler) serveAgent(x *exchange) {
 		x.refuse(answerOriginDenied)
 		return
 	}
-	body, tooLarge, err := readBody(r, a.maxBody)
-	if tooLarge {
-		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(a.maxBody, 10) + " bytes"))
+	// As on protected paths, the body is read before anything is charged
+	// (its type decides the charge), under the same bounds.
+	release, ok := h.holdPending(x, a.maxBody)
+	if !ok {
 		return
 	}
-	if err != nil {
-		x.refuse(answerUnreadableBody)
+	body, ok := h.readRequestBody(x, a.maxBody)
+	release()
+	if !ok {
 		return
 	}
 	req, derr := decodeAgentRequest(body, agentRequestLimits{MaxInput: a.maxInput})
@@ -774,26 +774,6 @@ func (h *Handler) serveAgentPreflight(x *exchange) {
 	x.writeStatus(http.StatusNoContent)
 }
 
-// agentIdentify establishes the user; it answers the request itself when
-// it cannot.
-func (h *Handler) agentIdentify(x *exchange) bool {
-	v, err := h.identity.identify(x.r.Context(), x.r, x.repl, x.secure())
-	if errors.Is(err, errNoUser) {
-		x.refuse(answerUnauthorized)
-		return false
-	}
-	if err != nil {
-		h.logger.Error("cannot load the anonymous cookie signing key", zap.Error(err))
-		x.refuse(answerNoIdentity)
-		return false
-	}
-	x.user = v.user
-	if v.cookie != nil {
-		http.SetCookie(x.w, v.cookie)
-	}
-	return true
-}
-
 // openAgentStore returns the store for this request, answering 503 when it
 // cannot be opened.
 func (h *Handler) openAgentStore(x *exchange) (threadstore.Store, func(), bool) {
@@ -837,7 +817,7 @@ func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
 	if !h.agentReadAllowed(x) {
 		return
 	}
-	if !h.agentIdentify(x) {
+	if !h.identifyVisitor(x) {
 		return
 	}
 	st, release, ok := h.openAgentStore(x)

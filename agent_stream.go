@@ -143,7 +143,7 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 	if !x.admittedTurn(verdict) {
 		return
 	}
-	if !h.agentIdentify(x) {
+	if !h.identifyVisitor(x) {
 		return
 	}
 	st, release, ok := h.openAgentStore(x)

@@ -109,6 +109,22 @@ func (p *pendingBodies) pending() int {
 	return p.reads
 }
 
+// holdPending takes the slot a read of up to limit bytes of x's body needs
+// (its Content-Length when smaller), answering the refusal itself when the
+// bounds say no; release gives the slot back.
+func (h *Handler) holdPending(x *exchange, limit int64) (release func(), ok bool) {
+	client, size := h.limiter.clientKey(x.r, x.repl), limit
+	if x.r.ContentLength >= 0 {
+		size = min(x.r.ContentLength, size)
+	}
+	p := h.protected.pending
+	if refusal, ok := p.enter(client, size); !ok {
+		x.refuseAndClose(refusal, pendingRetryAfter)
+		return nil, false
+	}
+	return func() { p.leave(client, size) }, true
+}
+
 // refuseAndClose answers a request whose body the module will not read and
 // makes the answer the connection's last: an unread body left open keeps the
 // connection, and what it holds, alive.

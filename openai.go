@@ -274,7 +274,7 @@ func (c *upstreamClient) openStream(ctx context.Context, deadline time.Time, bod
 		// The request outlives its sending by as long as the answer streams
 		// (the transport keeps it): a body that lets go of its bytes once
 		// sent keeps the history out of memory meanwhile.
-		req.Body, req.ContentLength = &sentBody{rest: body}, int64(len(body))
+		req.Body, req.ContentLength = &spentBody{rest: body}, int64(len(body))
 		r, err := c.transport.RoundTrip(req)
 		if err != nil {
 			return 0, "", transportFailure(ctx, err)
@@ -293,27 +293,6 @@ func (c *upstreamClient) openStream(ctx context.Context, deadline time.Time, bod
 		return status, requestID, nil
 	})
 	return resp, call, uerr
-}
-
-// sentBody is a request body that drops its bytes once they are read.
-type sentBody struct{ rest []byte }
-
-func (b *sentBody) Read(p []byte) (int, error) {
-	if len(b.rest) == 0 {
-		b.rest = nil
-		return 0, io.EOF
-	}
-	n := copy(p, b.rest)
-	b.rest = b.rest[n:]
-	if len(b.rest) == 0 {
-		b.rest = nil
-	}
-	return n, nil
-}
-
-func (b *sentBody) Close() error {
-	b.rest = nil
-	return nil
 }
 
 // postResponses makes a Responses request that is not streamed

@@ -154,15 +154,11 @@ func (h *Handler) inspectProtectedBody(x *exchange) (cost, bool) {
 		return costFree, true
 	}
 	// What this read may buffer: its length, or max_body when chunked.
-	client, size := h.limiter.clientKey(r, x.repl), h.protectedMaxBody
-	if r.ContentLength >= 0 {
-		size = min(r.ContentLength, size)
-	}
-	if refusal, ok := h.protected.pending.enter(client, size); !ok {
-		x.refuseAndClose(refusal, pendingRetryAfter)
+	release, ok := h.holdPending(x, h.protectedMaxBody)
+	if !ok {
 		return costFree, false
 	}
-	defer h.protected.pending.leave(client, size)
+	defer release()
 
 	if upload, ok := h.peekUpload(x); !ok {
 		return costFree, false
