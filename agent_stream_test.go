@@ -96,7 +96,7 @@ func TestAgentCancelSavesPartialAndStopsUpstream(t *testing.T) {
 // an error event that says whether trying again can help.
 func TestAgentFaults(t *testing.T) {
 	fake := newFake(t)
-	startAgent(t, fake, "", "retries 0\n\t\ttimeout 1s\n\t\terror_cache off", "idle_timeout 300ms")
+	startAgent(t, fake, "", "retries 0\n\t\ttimeout 1s\n\t\terror_cache off", "idle_timeout 1s")
 	browser := client(t)
 	for _, tc := range []struct {
 		name   string
@@ -148,9 +148,10 @@ func TestAgentFaults(t *testing.T) {
 			code:   "custom", message: "The assistant took too long to answer. Try again.", retry: true, saved: "user=q", clientGone: true,
 		},
 		{
+			// 1.25s in all, longer than idle_timeout: the bound is between events.
 			name:   "slow deltas within idle_timeout",
-			script: fakeopenai.ResponseScript{Text: "slow but steady answer", DeltaDelay: 120 * time.Millisecond},
-			saved:  "user=q | assistant=slow but steady answer",
+			script: fakeopenai.ResponseScript{Text: "slow but steady answer, still", DeltaDelay: 250 * time.Millisecond},
+			saved:  "user=q | assistant=slow but steady answer, still",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -434,7 +435,7 @@ func TestAgentReloadKeepsRunningStream(t *testing.T) {
 	fake := newFake(t)
 	site := startAgent(t, fake, "", "", "")
 	browser := client(t)
-	fake.ScriptResponse(fakeopenai.ResponseScript{Text: "one two three four five six", DeltaDelay: 100 * time.Millisecond})
+	fake.ScriptResponse(fakeopenai.ResponseScript{Text: "one two three four five six", DeltaDelay: 300 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	resp := openStream(t, ctx, browser, createBody("q"))

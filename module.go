@@ -47,8 +47,11 @@ func init() {
 // server's API key, the configured workflow and the end user's id, and answer
 // `{"client_secret": "...", "expires_at": <unix>}`. Requests on `protect`
 // paths get the same origin rules, limits and identity, then go to the next
-// handler with the user in the identity header. Every other path is passed
-// to the next handler untouched.
+// handler with the user in the identity header. With `agent`, the module is
+// the ChatKit server itself: one POST endpoint answers the web component,
+// keeps threads in an embedded database and streams the model's answers
+// from OpenAI's Responses API (see Agent). Every other path is passed to
+// the next handler untouched.
 //
 // # Placeholders
 //
@@ -70,7 +73,12 @@ func init() {
 // nil, so `handle_errors` never sees these answers and Caddy's error
 // pages never replace them. The one error returned to Caddy is the
 // backend's own, on a protect path (for example reverse_proxy's 502 when
-// the self-hosted server is down): that one reaches `handle_errors`.
+// the self-hosted server is down): that one reaches `handle_errors`. On the
+// agent endpoint, a stream that has begun ends with a ChatKit `error`
+// event instead, and a refused model run (rate limit, budget, token
+// budget) is a 200 event stream whose one `error` event says, in words,
+// what happened and when to try again (with Retry-After): the ChatKit
+// widget shows that message to the person, and not a 429's body.
 //
 // # Directive order
 //
