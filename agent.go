@@ -794,9 +794,8 @@ func (h *Handler) failAgentStore(x *exchange, op string, err error) {
 		x.refuse(answerNotFound)
 		return
 	case x.r.Context().Err() != nil:
-		x.outcome = outcomeClientClosed
-		x.status = 499
-		return
+		// The visitor left: not the store's fault.
+		x.refuse(failCanceled.rule().answer)
 	case errors.Is(err, threadstore.ErrUnavailable), errors.Is(err, errAgentStoreOpen):
 		h.logger.Error("the agent's thread store is unavailable",
 			zap.String("request_id", x.requestID), zap.String("operation", op),
@@ -826,7 +825,9 @@ func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
 	}
 	defer release()
 	ctx, owner := x.r.Context(), x.user
-	x.logFields = append(x.logFields, zap.String("thread_id", req.ThreadID))
+	if req.ThreadID != "" {
+		x.logFields = append(x.logFields, zap.String("thread_id", req.ThreadID))
+	}
 
 	var out []byte
 	switch req.Type {
