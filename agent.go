@@ -694,9 +694,6 @@ func agentMetricType(t string) string {
 
 // ---------------------------------------------------------------- dispatch
 
-// corsAgentMethods are what the web component uses against the endpoint.
-const corsAgentMethods = "POST, OPTIONS"
-
 // serveAgent answers one request to the agent endpoint: origin, method,
 // body and type, then the request itself. Everything decided before
 // anything is saved is answered as JSON.
@@ -708,7 +705,8 @@ func (h *Handler) serveAgent(x *exchange) {
 	}()
 	h.judgeOrigin(x)
 	if r.Method == http.MethodOptions {
-		h.serveAgentPreflight(x)
+		x.requestType = "preflight"
+		h.servePreflight(x, agentPreflight)
 		return
 	}
 	if r.Method != http.MethodPost {
@@ -748,30 +746,6 @@ func (h *Handler) serveAgent(x *exchange) {
 		return
 	}
 	h.serveAgentJSON(x, &req)
-}
-
-// serveAgentPreflight answers OPTIONS: a CORS preflight reflects the
-// requested headers (the web component sends chatkit-frame-instance-id); a
-// plain OPTIONS gets the methods.
-func (h *Handler) serveAgentPreflight(x *exchange) {
-	x.outcome = outcomePreflight
-	x.requestType = "preflight"
-	hdr := x.w.Header()
-	if x.r.Header.Get("Origin") == "" {
-		hdr.Set("Allow", "OPTIONS, POST")
-		x.writeStatus(http.StatusNoContent)
-		return
-	}
-	if !x.verdict.cors {
-		x.refuse(answerOriginDenied)
-		return
-	}
-	hdr.Set("Access-Control-Allow-Methods", corsAgentMethods)
-	if requested := x.r.Header.Get("Access-Control-Request-Headers"); requested != "" && isHeaderList(requested) {
-		hdr.Set("Access-Control-Allow-Headers", requested)
-	}
-	hdr.Set("Access-Control-Max-Age", corsMaxAge)
-	x.writeStatus(http.StatusNoContent)
 }
 
 // openAgentStore returns the store for this request, answering 503 when it

@@ -100,16 +100,10 @@ func (x *exchange) refuseTurn(a answer, wait time.Duration) {
 
 // admittedTurn is admitted for model runs: refusals are event streams.
 func (x *exchange) admittedTurn(v limitVerdict) bool {
-	switch v.result {
-	case limitAllowed:
+	if v.result == limitAllowed {
 		return true
-	case limitRateLimited:
-		x.refuseTurn(answerTurnRateLimited, v.retryAfter)
-	case limitBudgetExhausted:
-		x.refuseTurn(answerTurnBudget, v.retryAfter)
-	default:
-		x.refuseTurn(answerTurnLimiterDown, v.retryAfter)
 	}
+	x.refuseTurn(limitRefusals[v.result].turn, v.retryAfter)
 	return false
 }
 

@@ -90,6 +90,14 @@ var (
 	answerTurnCircuitOpen = answer{http.StatusServiceUnavailable, "circuit_open", "The assistant is unavailable right now.", outcomeCircuitOpen}
 )
 
+// limitRefusals is the answer each of the limiter's refusals gets: as JSON,
+// and for a model run on the agent endpoint (an event stream).
+var limitRefusals = [...]struct{ json, turn answer }{
+	limitRateLimited:     {answerRateLimited, answerTurnRateLimited},
+	limitBudgetExhausted: {answerBudgetExhausted, answerTurnBudget},
+	limitUnavailable:     {answerLimiterDown, answerTurnLimiterDown},
+}
+
 // withMessage is the same answer with a message that says more.
 func (a answer) withMessage(message string) answer {
 	a.message = message

@@ -16,8 +16,6 @@ import (
 // the anonymous cookie must travel cross-origin too; that is why the
 // allowed origin is always echoed exactly and never `*`.
 const (
-	corsAllowMethods  = "POST, OPTIONS"
-	corsAllowHeaders  = "Content-Type"
 	corsMaxAge        = "600"
 	corsExposeHeaders = "Retry-After, RateLimit, RateLimit-Policy, " + requestIDHeader
 )
@@ -237,4 +235,48 @@ func setCORSValues(h http.Header, v originVerdict) {
 	h.Set("Access-Control-Allow-Origin", v.origin)
 	h.Set("Access-Control-Allow-Credentials", "true")
 	h.Set("Access-Control-Expose-Headers", corsExposeHeaders)
+}
+
+// corsPreflight is how one endpoint answers a CORS preflight.
+type corsPreflight struct {
+	allow   string // Allow, for a plain OPTIONS (as on the endpoint's 405)
+	methods string // Access-Control-Allow-Methods
+	headers string // Access-Control-Allow-Headers; "" reflects a valid requested list
+}
+
+// The preflight answers: the minting endpoints take only JSON POSTs; the
+// ChatKit web component sends its own headers (chatkit-frame-instance-id
+// and any a page's custom fetch adds), which are reflected when they are a
+// plain header list; a self-hosted server also serves previews with GET.
+var (
+	mintPreflight    = corsPreflight{allow: "OPTIONS, POST", methods: "POST, OPTIONS", headers: "Content-Type"}
+	agentPreflight   = corsPreflight{allow: "OPTIONS, POST", methods: "POST, OPTIONS"}
+	protectPreflight = corsPreflight{allow: "GET, POST, OPTIONS", methods: "GET, POST, OPTIONS"}
+)
+
+// servePreflight answers OPTIONS: a plain one (no Origin) gets the
+// endpoint's Allow; a CORS preflight from an allowed origin gets the
+// endpoint's methods and headers, and one from any other origin 403.
+func (h *Handler) servePreflight(x *exchange, p corsPreflight) {
+	x.outcome = outcomePreflight
+	hdr := x.w.Header()
+	if x.r.Header.Get("Origin") == "" {
+		hdr.Set("Allow", p.allow)
+		x.writeStatus(http.StatusNoContent)
+		return
+	}
+	if !x.verdict.cors {
+		x.refuse(answerOriginDenied)
+		return
+	}
+	hdr.Set("Access-Control-Allow-Methods", p.methods)
+	allowHeaders := p.headers
+	if requested := x.r.Header.Get("Access-Control-Request-Headers"); allowHeaders == "" && requested != "" && isHeaderList(requested) {
+		allowHeaders = requested
+	}
+	if allowHeaders != "" {
+		hdr.Set("Access-Control-Allow-Headers", allowHeaders)
+	}
+	hdr.Set("Access-Control-Max-Age", corsMaxAge)
+	x.writeStatus(http.StatusNoContent)
 }

@@ -203,7 +203,7 @@ func (h *Handler) serveMint(x *exchange) {
 		if x.verdict.cors || x.verdict.origin == "" && r.Header.Get("Origin") == "" {
 			x.rateLimit = h.limiter.peekClient(r, x.repl, h.now())
 		}
-		h.servePreflight(x)
+		h.servePreflight(x, mintPreflight)
 		return
 	}
 	if r.Method != http.MethodPost {
@@ -342,25 +342,6 @@ func (h *Handler) mint(x *exchange) (createdSession, bool) {
 // site over HTTPS, directly or through a trusted TLS-terminating proxy.
 func (x *exchange) secure() bool { return x.scheme == "https" }
 
-func (h *Handler) servePreflight(x *exchange) {
-	x.outcome = outcomePreflight
-	hdr := x.w.Header()
-	if x.verdict.origin == "" && x.r.Header.Get("Origin") == "" {
-		// Not a CORS preflight: a plain OPTIONS gets the methods.
-		hdr.Set("Allow", "OPTIONS, POST")
-		x.writeStatus(http.StatusNoContent)
-		return
-	}
-	if !x.verdict.cors {
-		x.refuse(answerOriginDenied)
-		return
-	}
-	hdr.Set("Access-Control-Allow-Methods", corsAllowMethods)
-	hdr.Set("Access-Control-Allow-Headers", corsAllowHeaders)
-	hdr.Set("Access-Control-Max-Age", corsMaxAge)
-	x.writeStatus(http.StatusNoContent)
-}
-
 // failUpstream answers an upstream failure as its rule says. The
 // upstream body never reaches the browser.
 func (h *Handler) failUpstream(x *exchange, e *upstreamError) {
@@ -376,19 +357,13 @@ func (h *Handler) failUpstream(x *exchange, e *upstreamError) {
 	x.refuse(rule.answer)
 }
 
-// admitted answers a limiter's refusal and reports whether the request
-// may go on.
+// admitted answers a limiter's refusal as JSON and reports whether the
+// request may go on.
 func (x *exchange) admitted(v limitVerdict) bool {
-	switch v.result {
-	case limitAllowed:
+	if v.result == limitAllowed {
 		return true
-	case limitRateLimited:
-		x.refuseAfter(answerRateLimited, v.retryAfter)
-	case limitBudgetExhausted:
-		x.refuseAfter(answerBudgetExhausted, v.retryAfter)
-	default:
-		x.refuseAfter(answerLimiterDown, v.retryAfter)
 	}
+	x.refuseAfter(limitRefusals[v.result].json, v.retryAfter)
 	return false
 }
 

@@ -21,9 +21,6 @@ const (
 	defaultIdentityHeader   = "X-ChatKit-User"
 	defaultProtectedMaxBody = 1 << 20
 	defaultMaxUpload        = 20 << 20
-	// corsProtectedMethods are what the ChatKit web component uses against
-	// a custom server: JSON POSTs, plus GETs for attachment previews.
-	corsProtectedMethods = "GET, POST, OPTIONS"
 )
 
 // runsModel reports whether a ChatKit request type runs the model and so
@@ -94,7 +91,7 @@ func (h *Handler) serveProtected(x *exchange, next caddyhttp.Handler) error {
 	r := x.r
 	h.judgeOrigin(x)
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-		h.serveProtectedPreflight(x)
+		h.servePreflight(x, protectPreflight)
 		return nil
 	}
 	if !x.verdict.allowed {
@@ -247,21 +244,6 @@ func chatKitRequestType(body []byte) (string, bool) {
 type readCloser struct {
 	io.Reader
 	io.Closer
-}
-
-func (h *Handler) serveProtectedPreflight(x *exchange) {
-	x.outcome = outcomePreflight
-	if !x.verdict.cors {
-		x.refuse(answerOriginDenied)
-		return
-	}
-	hdr := x.w.Header()
-	hdr.Set("Access-Control-Allow-Methods", corsProtectedMethods)
-	if requested := x.r.Header.Get("Access-Control-Request-Headers"); requested != "" && isHeaderList(requested) {
-		hdr.Set("Access-Control-Allow-Headers", requested)
-	}
-	hdr.Set("Access-Control-Max-Age", corsMaxAge)
-	x.writeStatus(http.StatusNoContent)
 }
 
 // isHeaderList accepts a comma-separated list of header names, so nothing
