@@ -928,61 +928,8 @@ func agentQuoteShort(s string) string {
 // ---------------------------------------------------------------- JSON writing
 
 // appendAgentString appends s as a JSON string the way encoding/json does
-// with SetEscapeHTML(false): `"`, `\` and control characters escaped,
-// U+2028/U+2029 escaped (JavaScript line terminators), invalid UTF-8 as
-// U+FFFD, everything else as is.
-func appendAgentString(buf []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	buf = append(buf, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			buf = append(buf, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				buf = append(buf, '\\', c)
-			case '\b':
-				buf = append(buf, '\\', 'b')
-			case '\f':
-				buf = append(buf, '\\', 'f')
-			case '\n':
-				buf = append(buf, '\\', 'n')
-			case '\r':
-				buf = append(buf, '\\', 'r')
-			case '\t':
-				buf = append(buf, '\\', 't')
-			default:
-				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			buf = append(buf, s[start:i]...)
-			buf = append(buf, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			buf = append(buf, s[start:i]...)
-			buf = append(buf, '\\', 'u', '2', '0', '2', hex[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	buf = append(buf, s[start:]...)
-	return append(buf, '"')
-}
+// with SetEscapeHTML(false), as the reference server writes its events.
+func appendAgentString(buf []byte, s string) []byte { return appendJSONText(buf, s, false) }
 
 // agentTimeLayout is RFC 3339 in UTC with microseconds, the precision the
 // thread store keeps; fixed width, so the strings sort as the times do.

@@ -567,29 +567,63 @@ func (t *sessionBodyTemplate) build(user string, repl *caddy.Replacer) ([]byte, 
 	return json.Marshal(p)
 }
 
-// appendJSONString appends s as a JSON string literal.
-func appendJSONString(buf []byte, s string) []byte {
+// appendJSONString appends s as a JSON string literal that is also safe to
+// embed in HTML (<, > and & escaped), as the module's own answers are.
+func appendJSONString(buf []byte, s string) []byte { return appendJSONText(buf, s, true) }
+
+// appendJSONText is the module's one JSON string writer: `"`, `\` and
+// control characters escaped, U+2028/U+2029 escaped (JavaScript line
+// terminators), invalid UTF-8 as U+FFFD (it would make the whole body
+// invalid JSON), and with escapeHTML also <, > and &.
+func appendJSONText(buf []byte, s string, escapeHTML bool) []byte {
 	const hex = "0123456789abcdef"
 	buf = append(buf, '"')
-	for i := 0; i < len(s); i++ {
+	start := 0
+	for i := 0; i < len(s); {
 		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			buf = append(buf, '\\', c)
-		case c < 0x20 || c == '<' || c == '>' || c == '&':
-			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		case c < utf8.RuneSelf:
-			buf = append(buf, c)
-		default:
-			// Invalid UTF-8 would make the whole body invalid JSON.
-			r, size := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				buf = append(buf, `\ufffd`...)
-			} else {
-				buf = append(buf, s[i:i+size]...)
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && !(escapeHTML && (c == '<' || c == '>' || c == '&')) {
+				i++
+				continue
 			}
-			i += size - 1
+			buf = append(buf, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				buf = append(buf, '\\', c)
+			case '\b':
+				buf = append(buf, '\\', 'b')
+			case '\f':
+				buf = append(buf, '\\', 'f')
+			case '\n':
+				buf = append(buf, '\\', 'n')
+			case '\r':
+				buf = append(buf, '\\', 'r')
+			case '\t':
+				buf = append(buf, '\\', 't')
+			default:
+				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
 		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
 	}
+	buf = append(buf, s[start:]...)
 	return append(buf, '"')
 }
