@@ -163,6 +163,17 @@ if ! go mod download all >"$TMP/mod-download.log" 2>&1; then
 	echo "go mod download all: some modules were refused (harmless unless the build below fails):"
 	grep -c 'Forbidden\|not available' "$TMP/mod-download.log" | sed 's/^/  refused: /' || true
 fi
+# xcaddy's scratch module first resolves Caddy alone, at the versions
+# Caddy's own go.mod names; where this module's graph selects newer ones
+# (golang.org/x/sys, for the SQLite driver), those older versions are not in
+# the cache yet. Resolve Caddy the same way once, online, so the offline
+# build below finds them.
+mkdir -p "$TMP/caddy-alone"
+if ! (cd "$TMP/caddy-alone" && go mod init caddy-alone >/dev/null 2>&1 &&
+	go get "github.com/caddyserver/caddy/v2@$CADDY_VERSION" >"$TMP/caddy-alone.log" 2>&1); then
+	tail -20 "$TMP/caddy-alone.log" >&2
+	exit 1
+fi
 # XCADDY_GO_BUILD_FLAGS replaces xcaddy's default "-trimpath -tags ...",
 # so the compile reuses the build cache of the steps above.
 #
