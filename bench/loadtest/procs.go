@@ -291,9 +291,11 @@ func (s *servers) fakeURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", 
 func (s *servers) siteURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", s.sitePort) }
 func (s *servers) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.adminPort) }
 
-func (s *servers) startFake() (*proc, error) {
+// startFake runs the fake upstream with extra fakeserver flags.
+func (s *servers) startFake(extra ...string) (*proc, error) {
 	s.seq++
-	p, err := startProc("fakeserver", []string{s.opts.fakeBin, "-listen", fmt.Sprintf("127.0.0.1:%d", s.fakePort)},
+	argv := append([]string{s.opts.fakeBin, "-listen", fmt.Sprintf("127.0.0.1:%d", s.fakePort)}, extra...)
+	p, err := startProc("fakeserver", argv,
 		s.opts.fakeCPUs, 1, nil, filepath.Join(s.work, fmt.Sprintf("fake-%03d.log", s.seq)), nil)
 	if err != nil {
 		return nil, err
