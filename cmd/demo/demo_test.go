@@ -302,6 +302,7 @@ func TestDemoChatsWithTheFake(t *testing.T) {
 // same block (here from the fake): the page is told so, and start mints the
 // way the WordPress client calls it (POST, no body, no Content-Type).
 func TestDemoMintsWithWorkflow(t *testing.T) {
+	t.Setenv("CHATKIT_WORKFLOW_ID", "wf_demo") // Caddy resolves {env.CHATKIT_WORKFLOW_ID} from the process
 	d := startDemo(t, t.TempDir(), map[string]string{"CHATKIT_WORKFLOW_ID": "wf_demo"})
 	c := newClient(t)
 
