@@ -100,6 +100,7 @@ type streamRun struct {
 	// Caddy only.
 	idleRSS, openRSS, peakRSS int64 // kB
 	idleHeap, openHeap        float64
+	idleGoroutines            int
 	goroutines                int
 	cpuPerDelta               time.Duration
 }
@@ -120,14 +121,18 @@ func (r *streamRun) heapPerStreamKiB() float64 {
 	return (r.openHeap - r.idleHeap) / 1024 / float64(r.n)
 }
 
+func (r *streamRun) goroutinesPerStream() float64 {
+	return float64(r.goroutines-r.idleGoroutines) / float64(r.n)
+}
+
 func (r *streamRun) print() {
 	name := map[string]string{"d": "fake direct", "a": "Caddy agent"}[r.target]
 	fmt.Printf("round %d (%s) %-12s %5d streams: delay p50 %-8s p99 %-8s p99.9 %-8s max %-8s (%d deltas in %s, ramp %s) completed %d failed %d%s\n",
 		r.round, r.target, name, r.n, fmtDur(r.pct(0.5)), fmtDur(r.pct(0.99)), fmtDur(r.pct(0.999)), fmtDur(r.pct(1)),
 		r.deltas, r.window.Round(time.Millisecond), r.ramp.Round(time.Millisecond), r.completed, r.failed, failureList(r.failures))
 	if r.target == "a" {
-		fmt.Printf("    Caddy: RSS idle %s, with the streams open %s (peak %s): %.1f KiB per stream; Go heap in use %.1f KiB per stream; %d goroutines (%.1f per stream); CPU %s per delta\n",
-			fmtMB(r.idleRSS), fmtMB(r.openRSS), fmtMB(r.peakRSS), r.perStreamKiB(), r.heapPerStreamKiB(), r.goroutines, float64(r.goroutines)/float64(r.n), fmtDur(r.cpuPerDelta))
+		fmt.Printf("    Caddy: RSS idle %s, with the streams open %s (peak %s): %.1f KiB per stream; Go heap in use %.1f KiB per stream; %d goroutines, %d idle (%.1f per stream); CPU %s per delta\n",
+			fmtMB(r.idleRSS), fmtMB(r.openRSS), fmtMB(r.peakRSS), r.perStreamKiB(), r.heapPerStreamKiB(), r.goroutines, r.idleGoroutines, r.goroutinesPerStream(), fmtDur(r.cpuPerDelta))
 	}
 }
 
@@ -197,6 +202,7 @@ func caddyStreams(s *servers, n int, text string, want int) (*streamRun, error) 
 	if m, err := metrics(s.adminURL()); err == nil {
 		run.idleHeap = m["go_memstats_heap_inuse_bytes"]
 	}
+	run.idleGoroutines, _ = goroutines(s.adminURL())
 	return run, readStreams(s, run, newReq, marks, want, caddy)
 }
 
@@ -246,6 +252,7 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 			res.recv = make([]int64, 0, want+4)
 			res.delay = make([]time.Duration, 0, want+4)
 			<-gate
+			time.Sleep(time.Duration(i) * s.opts.streamInterval / time.Duration(n))
 			req := newReq(i).WithContext(ctx)
 			resp, err := hc.Do(req)
 			if err != nil {
@@ -318,7 +325,7 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 	}
 
 	start := time.Now()
-	close(gate)
+	close(gate) // the streams start spread over one event interval, not in lockstep
 	wg.Wait()
 	close(stopSampling)
 	<-sampled
@@ -450,7 +457,7 @@ func summarizeStreams(levels []int, runs []*streamRun) {
 			fmtDur(time.Duration(a50)), fmtDur(time.Duration(a99)), fmtDur(time.Duration(a999)),
 			fmtSigned(time.Duration(a50-d50)), fmtSigned(time.Duration(a99-d99)),
 			stat("a", (*streamRun).perStreamKiB), stat("a", (*streamRun).heapPerStreamKiB),
-			stat("a", func(r *streamRun) float64 { return float64(r.goroutines) / float64(r.n) }),
+			stat("a", (*streamRun).goroutinesPerStream),
 			fmtDur(time.Duration(stat("a", func(r *streamRun) float64 { return float64(r.cpuPerDelta) }))), failed("a"))
 	}
 	w.Flush()
