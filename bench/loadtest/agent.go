@@ -20,16 +20,25 @@ const (
 	benchUserHd = "X-Bench-User"
 )
 
-// agentCaddyfile is the bench site for the agent: the user id comes from
+// agentCaddyfile is the bench site for the agent. The user id comes from
 // the X-Bench-User header (user:<value>), so a virtual client can be any
-// user without cookies, and rate limiting is off, so the scenarios measure
-// the streaming and the store, not the limiter.
-func (s *servers) agentCaddyfile(dbPath string) string {
+// user without cookies. The streams run with rate limiting off, so they
+// measure the streaming, not the limiter. The reads keep the default
+// limits, and with them the agent's per-client read bucket: the client
+// address comes from X-Forwarded-For (trusted_proxies), as behind a CDN.
+func (s *servers) agentCaddyfile(dbPath string, limits bool) string {
+	rateLimit := "\t\trate_limit off\n"
+	if limits {
+		rateLimit = ""
+	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 	auto_https off
 	storage file_system %s/storage
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
 %s}
 
 http://127.0.0.1:%d {
@@ -37,8 +46,7 @@ http://127.0.0.1:%d {
 		api_key %s
 		api_base %s/v1
 		user {http.request.header.%s}
-		rate_limit off
-		agent {
+%s		agent {
 			model %s
 			store sqlite %s
 		}
@@ -46,13 +54,12 @@ http://127.0.0.1:%d {
 
 	respond "bench site" 200
 }
-`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, agentModel, dbPath)
+`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, rateLimit, agentModel, dbPath)
 }
 
-// startAgentCaddy runs Caddy with the agent on a database in the work
-// directory.
-func (s *servers) startAgentCaddy(dbPath string) (*proc, error) {
-	return s.startCaddy(s.agentCaddyfile(dbPath))
+// startAgentCaddy runs Caddy with the agent on a database.
+func (s *servers) startAgentCaddy(dbPath string, limits bool) (*proc, error) {
+	return s.startCaddy(s.agentCaddyfile(dbPath, limits))
 }
 
 // agentRequest builds one ChatKit request for user.

@@ -172,7 +172,7 @@ func directStreams(s *servers, n int, text string, want int) (*streamRun, error)
 // caddyStreams starts a fresh Caddy, warms it up, measures it idle, then
 // reads n threads.create streams at once.
 func caddyStreams(s *servers, n int, text string, want int) (*streamRun, error) {
-	caddy, err := s.startAgentCaddy(s.freshDB("streams"))
+	caddy, err := s.startAgentCaddy(s.freshDB("streams"), false)
 	if err != nil {
 		return nil, err
 	}

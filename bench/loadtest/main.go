@@ -92,7 +92,7 @@ type options struct {
 	readsOwners  int
 	readsThreads int
 	readsItems   int
-	readsConc    string
+	readsRate    string
 }
 
 const (
@@ -153,7 +153,7 @@ func main() {
 	flag.IntVar(&o.readsOwners, "reads-owners", 100, "agent reads: users in the database")
 	flag.IntVar(&o.readsThreads, "reads-threads", 100, "agent reads: threads per user")
 	flag.IntVar(&o.readsItems, "reads-items", 20, "agent reads: items per thread")
-	flag.StringVar(&o.readsConc, "reads-c", "1,16", "agent reads: comma-separated numbers of keep-alive clients")
+	flag.StringVar(&o.readsRate, "reads-rate", "100,1000", "agent reads: comma-separated request rates (per second, open loop, 2 a second per client)")
 	flag.Parse()
 
 	if o.fakeCPUs == "" {
