@@ -343,7 +343,7 @@ export async function initChat() {
     if (text && !chat.controller) send(text);
   });
   $('input').addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey) {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { // not while an IME composes
       e.preventDefault();
       $('composer').requestSubmit();
     }
