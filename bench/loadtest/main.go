@@ -86,6 +86,7 @@ type options struct {
 	streamCounts   string
 	streamWords    int
 	streamInterval time.Duration
+	streamProfile  int
 
 	agentReads   bool
 	readsDB      string
@@ -148,6 +149,7 @@ func main() {
 	flag.StringVar(&o.streamCounts, "streams", "10,1000", "agent streams: comma-separated numbers of concurrent streams")
 	flag.IntVar(&o.streamWords, "stream-words", 1000, "agent streams: words in each message, so text deltas in each answer (plus 2)")
 	flag.DurationVar(&o.streamInterval, "stream-interval", 20*time.Millisecond, "agent streams: the fake's wait between stream events")
+	flag.IntVar(&o.streamProfile, "stream-profile", 0, "agent streams: seconds of CPU profile (and a heap profile) of Caddy once every stream of the largest count is open, in the first round")
 	flag.BoolVar(&o.agentReads, "agent-reads", false, "agent mode: threads.list and threads.get_by_id latency on a filled SQLite database")
 	flag.StringVar(&o.readsDB, "reads-db", "", "agent reads: reuse this filled database (default: fill a new one in the work directory)")
 	flag.IntVar(&o.readsOwners, "reads-owners", 100, "agent reads: users in the database")
