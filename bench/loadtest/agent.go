@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -120,4 +121,30 @@ func briefBody(b []byte) string {
 		s = s[:300] + "…"
 	}
 	return s
+}
+
+// fetchProfile saves one of Caddy's admin pprof answers in the work
+// directory.
+func fetchProfile(s *servers, path, file string) {
+	b, status, err := httpGet(s.adminURL() + path)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("status %d", status)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(s.work, file), b, 0o644)
+	}
+	if err != nil {
+		fmt.Printf("profile %s: %v\n", path, err)
+	}
+}
+
+// printPprof prints `go tool pprof args… <caddy binary> profile`.
+func printPprof(s *servers, title string, args ...string) {
+	args = append(args[:len(args)-1:len(args)-1], s.opts.caddyBin, args[len(args)-1])
+	fmt.Printf("\n---- %s: go tool pprof %s\n", title, strings.Join(args, " "))
+	cmd := exec.Command("go", append([]string{"tool", "pprof"}, args...)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Printf("(go tool pprof failed: %v)\n", err)
+	}
 }

@@ -8,7 +8,9 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -21,7 +23,10 @@ import (
 // on a database of -reads-owners × -reads-threads threads with
 // -reads-items items each (default 100 × 100 × 20: 10,000 threads and
 // 200,000 items), filled before Caddy starts through the thread store's
-// own API, with the item JSON the agent writes.
+// own API, with the item JSON the agent writes. The load is an open loop at
+// each -reads-rate, from many clients with an address and a user each,
+// under the default limits (so the agent's read bucket is in the path).
+// Caddy's CPU per request is net of what it uses idle.
 func runAgentReads(s *servers) error {
 	o := s.opts
 	db := o.readsDB
@@ -58,7 +63,14 @@ func runAgentReads(s *servers) error {
 	}
 
 	ts := readTargets(url, o)
-	for _, rate := range parseInts(o.readsRate) {
+	// Caddy's own CPU with nothing to do, taken off the per-request figure.
+	c0 := cpuTime(caddy.pid())
+	time.Sleep(3 * time.Second)
+	idleCPU := float64(cpuTime(caddy.pid())-c0) / 3 // per second
+	fmt.Printf("Caddy idle: %.1f%% of a core\n\n", 100*idleCPU/float64(time.Second))
+	rates := parseInts(o.readsRate)
+	var profiled []string
+	for _, rate := range rates {
 		// Each client stays at 2 requests a second, under the agent's read
 		// bucket (a burst of 60, then 4 a second per client).
 		clients := newClients(max(rate/2, 10), [4]byte{10, 3, 0, 1})
@@ -68,9 +80,10 @@ func runAgentReads(s *servers) error {
 		fmt.Printf("%d requests/s (open loop) from %d clients, each its own address and user (%s, %s, …), %s warm-up + %s measured per target, %d rounds:\n",
 			rate, len(clients), clients[0].user, clients[1%len(clients)].user, o.warmup, o.duration, o.rounds)
 		type row struct {
-			t   *target
-			res *loadResult
-			cpu time.Duration
+			t    *target
+			res  *loadResult
+			cpu  time.Duration
+			late time.Duration
 		}
 		var rows []row
 		for r := range o.rounds {
@@ -79,20 +92,29 @@ func runAgentReads(s *servers) error {
 				if o.quietWait > 0 {
 					waitQuiet(o.quietWait)
 				}
+				profile := o.agentProfile > 0 && r == 0 && rate == slices.Max(rates)
 				var c0, c1 time.Duration
-				res := openLoop(clients, t, rate, o.warmup, o.duration,
-					func() { c0 = cpuTime(caddy.pid()) }, func() { c1 = cpuTime(caddy.pid()) })
-				rows = append(rows, row{t, res, c1 - c0})
-				fmt.Printf("  round %d %-38s %6.0f req/s  p50 %-8s p99 %-8s p99.9 %-8s ok %-7d failed %d [%s]\n",
-					r+1, t.name, res.rps(), fmtDur(res.pct(0.50)), fmtDur(res.pct(0.99)), fmtDur(res.pct(0.999)), res.ok, res.failed(), res.failureSummary())
+				res, late := openLoop(clients, t, rate, o.warmup, o.duration,
+					func() {
+						c0 = cpuTime(caddy.pid())
+						if profile {
+							file := "reads-" + t.key + "-cpu.pprof"
+							profiled = append(profiled, file)
+							go fetchProfile(s, "/debug/pprof/profile?seconds="+strconv.Itoa(min(o.agentProfile, int(o.duration/time.Second))), file)
+						}
+					}, func() { c1 = cpuTime(caddy.pid()) })
+				cpu := max(c1-c0-time.Duration(idleCPU*o.duration.Seconds()), 0)
+				rows = append(rows, row{t, res, cpu, late})
+				fmt.Printf("  round %d %-38s %6.0f req/s  p50 %-8s p99 %-8s p99.9 %-8s ok %-7d failed %d [%s]; generator late p99 %s\n",
+					r+1, t.name, res.rps(), fmtDur(res.pct(0.50)), fmtDur(res.pct(0.99)), fmtDur(res.pct(0.999)), res.ok, res.failed(), res.failureSummary(), fmtDur(late))
 			}
 		}
 		closeClients(clients)
 		fmt.Printf("\nmedians over %d rounds at %d requests/s:\n", o.rounds, rate)
 		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(w, "request\treq/s\tp50\tp99\tp99.9\tfailed/total\tCaddy CPU/req\t")
+		fmt.Fprintln(w, "request\treq/s\tp50\tp99\tp99.9\tfailed/total\tCaddy CPU/req\tgenerator late p99\t")
 		for _, k := range []string{"l", "k", "g"} {
-			var rps, p50, p99, p999, cpu []float64
+			var rps, p50, p99, p999, cpu, late []float64
 			var failed, total int64
 			for _, rw := range rows {
 				if rw.t.key != k {
@@ -102,14 +124,15 @@ func runAgentReads(s *servers) error {
 				p50 = append(p50, float64(rw.res.pct(0.50)))
 				p99 = append(p99, float64(rw.res.pct(0.99)))
 				p999 = append(p999, float64(rw.res.pct(0.999)))
+				late = append(late, float64(rw.late))
 				if n := rw.res.ok + rw.res.failed(); n > 0 {
 					cpu = append(cpu, float64(rw.cpu)/float64(n))
 				}
 				failed += rw.res.failed()
 				total += rw.res.ok + rw.res.failed()
 			}
-			fmt.Fprintf(w, "%s\t%.0f\t%s\t%s\t%s\t%d/%d\t%s\t\n", ts[k].name, median(rps), fmtDur(time.Duration(median(p50))),
-				fmtDur(time.Duration(median(p99))), fmtDur(time.Duration(median(p999))), failed, total, fmtDur(time.Duration(median(cpu))))
+			fmt.Fprintf(w, "%s\t%.0f\t%s\t%s\t%s\t%d/%d\t%s\t%s\t\n", ts[k].name, median(rps), fmtDur(time.Duration(median(p50))),
+				fmtDur(time.Duration(median(p99))), fmtDur(time.Duration(median(p999))), failed, total, fmtDur(time.Duration(median(cpu))), fmtDur(time.Duration(median(late))))
 		}
 		w.Flush()
 		var worst float64
@@ -125,16 +148,22 @@ func runAgentReads(s *servers) error {
 	if _, hwm, err := memKB(caddy.pid()); err == nil {
 		fmt.Printf("Caddy peak RSS over the run: %s\n", fmtMB(hwm))
 	}
+	time.Sleep(time.Duration(o.agentProfile) * time.Second) // a profile may still be coming
+	for _, f := range profiled {
+		printPprof(s, f+", top 30 by cumulative time", "-top", "-cum", "-nodecount=30", filepath.Join(s.work, f))
+	}
 	return nil
 }
 
 // openLoop sends t's requests at rate per second in all, each client on its
 // own fixed schedule (rate/len(clients) a second, the clients' schedules
-// interleaved), whatever the answers' latency. A request's latency runs
-// from when it was due, so a server that falls behind shows it (a client
-// whose previous answer is late sends late). onStart and onEnd run at the
-// measured window's edges.
-func openLoop(clients []*vclient, t *target, rate int, warmup, dur time.Duration, onStart, onEnd func()) *loadResult {
+// interleaved), whatever the answers' latency. A request that finds its
+// client still waiting for the previous answer goes out late, and its
+// latency runs from when it was due, so a server that falls behind shows
+// it; otherwise latency runs from when it was sent, and the load
+// generator's own lateness (timers waking late) is returned as its p99.
+// onStart and onEnd run at the measured window's edges.
+func openLoop(clients []*vclient, t *target, rate int, warmup, dur time.Duration, onStart, onEnd func()) (*loadResult, time.Duration) {
 	n := len(clients)
 	period := time.Duration(float64(time.Second) * float64(n) / float64(rate))
 	begin := time.Now().Add(50 * time.Millisecond)
@@ -143,6 +172,7 @@ func openLoop(clients []*vclient, t *target, rate int, warmup, dur time.Duration
 		ok   int64
 		fail map[string]int64
 		lat  []time.Duration
+		late []time.Duration
 	}
 	outs := make([]out, n)
 	var wg sync.WaitGroup
@@ -152,15 +182,25 @@ func openLoop(clients []*vclient, t *target, rate int, warmup, dur time.Duration
 			defer wg.Done()
 			o := &outs[i]
 			o.fail = map[string]int64{}
+			var prevDone time.Time
 			for due := begin.Add(time.Duration(i) * period / time.Duration(n)); due.Before(measureTo); due = due.Add(period) {
 				time.Sleep(time.Until(due))
+				sent := time.Now()
+				from, busy := due, prevDone.After(due)
+				if !busy {
+					from = sent
+				}
 				status, body, _, err := do(c, t.newRequest(c))
+				prevDone = time.Now()
 				if due.Before(measureFrom) {
 					continue
 				}
+				if !busy {
+					o.late = append(o.late, sent.Sub(due))
+				}
 				if err == nil && t.ok(status, body) {
 					o.ok++
-					o.lat = append(o.lat, time.Since(due))
+					o.lat = append(o.lat, prevDone.Sub(from))
 				} else {
 					o.fail[failureKey(status, err)]++
 				}
@@ -179,15 +219,22 @@ func openLoop(clients []*vclient, t *target, rate int, warmup, dur time.Duration
 	}
 	wg.Wait()
 	res := &loadResult{failures: map[string]int64{}, window: dur, loadCPU: cpu1 - cpu0}
+	var late []time.Duration
 	for _, o := range outs {
 		res.ok += o.ok
 		for k, v := range o.fail {
 			res.failures[k] += v
 		}
 		res.lat = append(res.lat, o.lat...)
+		late = append(late, o.late...)
 	}
 	slices.Sort(res.lat)
-	return res
+	slices.Sort(late)
+	var lateP99 time.Duration
+	if len(late) > 0 {
+		lateP99 = late[min(len(late)*99/100, len(late)-1)]
+	}
+	return res, lateP99
 }
 
 // readTargets: threads.list as the demo page asks (20, newest first), as

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -72,7 +71,7 @@ func runAgentStreams(s *servers) error {
 					run, err = directStreams(s, n, text, want)
 				} else {
 					// Profiled once: the first round's largest count.
-					profile := o.streamProfile > 0 && r == 0 && n == slices.Max(levels)
+					profile := o.agentProfile > 0 && r == 0 && n == slices.Max(levels)
 					run, err = caddyStreams(s, n, text, want, profile)
 				}
 				if err != nil {
@@ -85,7 +84,7 @@ func runAgentStreams(s *servers) error {
 		}
 	}
 	summarizeStreams(levels, runs)
-	if o.streamProfile > 0 {
+	if o.agentProfile > 0 {
 		printStreamProfiles(s)
 	}
 	return nil
@@ -414,46 +413,26 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 	return nil
 }
 
-// Where -stream-profile keeps the profiles, in the work directory.
+// Where -agent-profile keeps the streams' profiles, in the work directory.
 const (
 	streamCPUProfile  = "streams-cpu.pprof"
 	streamHeapProfile = "streams-heap.pprof"
 )
 
 // takeStreamProfiles fetches Caddy's heap in use now and a CPU profile of
-// the next -stream-profile seconds from its admin API.
+// the next -agent-profile seconds.
 func takeStreamProfiles(s *servers, n int) {
-	fetch := func(path, file string) {
-		b, status, err := httpGet(s.adminURL() + path)
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("status %d", status)
-		}
-		if err == nil {
-			err = os.WriteFile(filepath.Join(s.work, file), b, 0o644)
-		}
-		if err != nil {
-			fmt.Printf("profile %s: %v\n", path, err)
-		}
-	}
-	fmt.Printf("    (profiling Caddy with %d streams open: heap now, CPU for %ds)\n", n, s.opts.streamProfile)
-	fetch("/debug/pprof/heap", streamHeapProfile)
-	fetch("/debug/pprof/profile?seconds="+strconv.Itoa(s.opts.streamProfile), streamCPUProfile)
+	fmt.Printf("    (profiling Caddy with %d streams open: heap now, CPU for %ds)\n", n, s.opts.agentProfile)
+	fetchProfile(s, "/debug/pprof/heap", streamHeapProfile)
+	fetchProfile(s, "/debug/pprof/profile?seconds="+strconv.Itoa(s.opts.agentProfile), streamCPUProfile)
 }
 
 // printStreamProfiles prints the top of the profiles takeStreamProfiles kept.
 func printStreamProfiles(s *servers) {
-	pprof := func(title string, args ...string) {
-		fmt.Printf("\n---- %s: go tool pprof %s\n", title, strings.Join(args, " "))
-		cmd := exec.Command("go", append([]string{"tool", "pprof"}, args...)...)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Printf("(go tool pprof failed: %v)\n", err)
-		}
-	}
 	cpu, heap := filepath.Join(s.work, streamCPUProfile), filepath.Join(s.work, streamHeapProfile)
-	pprof("CPU with every stream open, top 25 by flat time", "-top", "-nodecount=25", s.opts.caddyBin, cpu)
-	pprof("CPU with every stream open, top 25 by cumulative time", "-top", "-cum", "-nodecount=25", s.opts.caddyBin, cpu)
-	pprof("heap in use with every stream open, top 25", "-top", "-nodecount=25", "-sample_index=inuse_space", s.opts.caddyBin, heap)
+	printPprof(s, "CPU with every stream open, top 25 by flat time", "-top", "-nodecount=25", cpu)
+	printPprof(s, "CPU with every stream open, top 25 by cumulative time", "-top", "-cum", "-nodecount=25", cpu)
+	printPprof(s, "heap in use with every stream open, top 25", "-top", "-nodecount=25", "-sample_index=inuse_space", heap)
 	fmt.Printf("\nprofiles kept in %s\n", s.work)
 }
 

@@ -86,7 +86,6 @@ type options struct {
 	streamCounts   string
 	streamWords    int
 	streamInterval time.Duration
-	streamProfile  int
 
 	agentReads   bool
 	readsDB      string
@@ -94,6 +93,8 @@ type options struct {
 	readsThreads int
 	readsItems   int
 	readsRate    string
+
+	agentProfile int
 }
 
 const (
@@ -149,12 +150,13 @@ func main() {
 	flag.StringVar(&o.streamCounts, "streams", "10,1000", "agent streams: comma-separated numbers of concurrent streams")
 	flag.IntVar(&o.streamWords, "stream-words", 1000, "agent streams: words in each message, so text deltas in each answer (plus 2)")
 	flag.DurationVar(&o.streamInterval, "stream-interval", 20*time.Millisecond, "agent streams: the fake's wait between stream events")
-	flag.IntVar(&o.streamProfile, "stream-profile", 0, "agent streams: seconds of CPU profile (and a heap profile) of Caddy once every stream of the largest count is open, in the first round")
+
 	flag.BoolVar(&o.agentReads, "agent-reads", false, "agent mode: threads.list and threads.get_by_id latency on a filled SQLite database")
 	flag.StringVar(&o.readsDB, "reads-db", "", "agent reads: reuse this filled database (default: fill a new one in the work directory)")
 	flag.IntVar(&o.readsOwners, "reads-owners", 100, "agent reads: users in the database")
 	flag.IntVar(&o.readsThreads, "reads-threads", 100, "agent reads: threads per user")
 	flag.IntVar(&o.readsItems, "reads-items", 20, "agent reads: items per thread")
+	flag.IntVar(&o.agentProfile, "agent-profile", 0, "agent modes: seconds of CPU profile of Caddy (streams: with every stream of the largest count open, plus a heap profile; reads: during each request type at the highest rate), in the first round")
 	flag.StringVar(&o.readsRate, "reads-rate", "100,1000", "agent reads: comma-separated request rates (per second, open loop, 2 a second per client)")
 	flag.Parse()
 
