@@ -52,6 +52,7 @@ func runAgentStreams(s *servers) error {
 		return err
 	}
 	defer fake.stop()
+	s.streamFake = fake
 
 	text := strings.TrimSpace(strings.Repeat("ab ", o.streamWords))
 	want := o.streamWords + 2 // "You", " said:", then one delta a word
@@ -102,6 +103,7 @@ type streamRun struct {
 	delays            []time.Duration // of those, sorted
 	window            time.Duration
 	ramp              time.Duration // from the first request to every stream open
+	others            float64       // share of a core used by processes not ours in the window
 
 	// Caddy only.
 	profile                   bool  // take CPU and heap profiles once every stream is open
@@ -137,6 +139,7 @@ func (r *streamRun) print() {
 	fmt.Printf("round %d (%s) %-12s %5d streams: delay p50 %-8s p99 %-8s p99.9 %-8s max %-8s (%d deltas in %s, ramp %s) completed %d failed %d%s\n",
 		r.round, r.target, name, r.n, fmtDur(r.pct(0.5)), fmtDur(r.pct(0.99)), fmtDur(r.pct(0.999)), fmtDur(r.pct(1)),
 		r.deltas, r.window.Round(time.Millisecond), r.ramp.Round(time.Millisecond), r.completed, r.failed, failureList(r.failures))
+	fmt.Printf("    other processes: %.0f%% of a core during the window\n", 100*r.others)
 	if r.target == "a" {
 		fmt.Printf("    Caddy: RSS idle %s, with the streams open %s (peak %s): %.1f KiB per stream; Go heap in use %.1f KiB per stream; %d goroutines, %d idle (%.1f per stream); CPU %s per delta\n",
 			fmtMB(r.idleRSS), fmtMB(r.openRSS), fmtMB(r.peakRSS), r.perStreamKiB(), r.heapPerStreamKiB(), r.goroutines, r.idleGoroutines, r.goroutinesPerStream(), fmtDur(r.cpuPerDelta))
@@ -213,11 +216,13 @@ func caddyStreams(s *servers, n int, text string, want int, profile bool) (*stre
 	return run, readStreams(s, run, newReq, marks, want, caddy)
 }
 
-// sample is one reading of Caddy while the streams run.
+// sample is one reading while the streams run: Caddy's RSS and CPU (zero
+// without Caddy), and the CPU every process and ours used so far.
 type sample struct {
-	at  time.Time
-	rss int64
-	cpu time.Duration
+	at        time.Time
+	rss       int64
+	cpu       time.Duration
+	busy, own time.Duration
 }
 
 // streamMarks tell a stream's text deltas and its end apart.
@@ -303,36 +308,40 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 	var samples []sample
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
-	if caddy != nil {
-		go func() {
-			defer close(sampled)
-			tick := time.NewTicker(200 * time.Millisecond)
-			defer tick.Stop()
-			snap := allOpen
-			for {
-				select {
-				case <-stopSampling:
-					return
-				case <-snap:
-					snap = nil
-					// Half a second into the steady state.
-					time.Sleep(500 * time.Millisecond)
-					if m, err := metrics(s.adminURL()); err == nil {
-						run.openHeap = m["go_memstats_heap_inuse_bytes"]
-					}
-					run.goroutines, _ = goroutines(s.adminURL())
-					if run.profile {
-						go takeStreamProfiles(s, run.n)
-					}
-				case <-tick.C:
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		snap := allOpen
+		if caddy == nil {
+			snap = nil
+		}
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-snap:
+				snap = nil
+				// Half a second into the steady state.
+				time.Sleep(500 * time.Millisecond)
+				if m, err := metrics(s.adminURL()); err == nil {
+					run.openHeap = m["go_memstats_heap_inuse_bytes"]
 				}
-				rss, _, _ := memKB(caddy.pid())
-				samples = append(samples, sample{time.Now(), rss, cpuTime(caddy.pid())})
+				run.goroutines, _ = goroutines(s.adminURL())
+				if run.profile {
+					go takeStreamProfiles(s, run.n)
+				}
+			case <-tick.C:
 			}
-		}()
-	} else {
-		close(sampled)
-	}
+			sm := sample{at: time.Now(), busy: systemBusy(), own: selfCPU() + cpuTime(s.streamFake.pid())}
+			if caddy != nil {
+				sm.rss, _, _ = memKB(caddy.pid())
+				sm.cpu = cpuTime(caddy.pid())
+				sm.own += sm.cpu
+			}
+			samples = append(samples, sm)
+		}
+	}()
 
 	start := time.Now()
 	close(gate) // the streams start spread over one event interval, not in lockstep
@@ -376,6 +385,16 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 	}
 	run.deltas = len(run.delays)
 	slices.Sort(run.delays)
+	var inWindow []sample
+	for _, sm := range samples {
+		if at := sm.at.UnixNano(); at >= from && at <= to {
+			inWindow = append(inWindow, sm)
+		}
+	}
+	if len(inWindow) >= 2 {
+		a, b := inWindow[0], inWindow[len(inWindow)-1]
+		run.others = max((b.busy-a.busy)-(b.own-a.own), 0).Seconds() / b.at.Sub(a.at).Seconds()
+	}
 
 	if caddy != nil {
 		var rss []float64
@@ -461,7 +480,7 @@ func shortErr(err error) string {
 func summarizeStreams(levels []int, runs []*streamRun) {
 	fmt.Printf("\nmedians over the rounds:\n")
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "streams\ttarget\tdelay p50\tp99\tp99.9\tCaddy adds p50\tp99\tRSS/stream\theap/stream\tgoroutines/stream\tCaddy CPU/delta\tfailed\t")
+	fmt.Fprintln(w, "streams\ttarget\tdelay p50\tp99\tp99.9\tCaddy adds p50\tp99\tRSS/stream\theap/stream\tgoroutines/stream\tCaddy CPU/delta\tfailed\tothers (max)\t")
 	for _, n := range levels {
 		stat := func(k string, f func(*streamRun) float64) float64 {
 			var xs []float64
@@ -471,6 +490,14 @@ func summarizeStreams(levels []int, runs []*streamRun) {
 				}
 			}
 			return median(xs)
+		}
+		others := func(k string) (m float64) {
+			for _, r := range runs {
+				if r.n == n && r.target == k {
+					m = max(m, r.others)
+				}
+			}
+			return 100 * m
 		}
 		failed := func(k string) (f int) {
 			for _, r := range runs {
@@ -485,13 +512,13 @@ func summarizeStreams(levels []int, runs []*streamRun) {
 		}
 		d50, d99, d999 := stat("d", p(0.5)), stat("d", p(0.99)), stat("d", p(0.999))
 		a50, a99, a999 := stat("a", p(0.5)), stat("a", p(0.99)), stat("a", p(0.999))
-		fmt.Fprintf(w, "%d\t(d) fake direct\t%s\t%s\t%s\t\t\t\t\t\t\t%d\t\n", n, fmtDur(time.Duration(d50)), fmtDur(time.Duration(d99)), fmtDur(time.Duration(d999)), failed("d"))
-		fmt.Fprintf(w, "%d\t(a) Caddy agent\t%s\t%s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%.1f\t%s\t%d\t\n", n,
+		fmt.Fprintf(w, "%d\t(d) fake direct\t%s\t%s\t%s\t\t\t\t\t\t\t%d\t%.0f%%\t\n", n, fmtDur(time.Duration(d50)), fmtDur(time.Duration(d99)), fmtDur(time.Duration(d999)), failed("d"), others("d"))
+		fmt.Fprintf(w, "%d\t(a) Caddy agent\t%s\t%s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%.1f\t%s\t%d\t%.0f%%\t\n", n,
 			fmtDur(time.Duration(a50)), fmtDur(time.Duration(a99)), fmtDur(time.Duration(a999)),
 			fmtSigned(time.Duration(a50-d50)), fmtSigned(time.Duration(a99-d99)),
 			stat("a", (*streamRun).perStreamKiB), stat("a", (*streamRun).heapPerStreamKiB),
 			stat("a", (*streamRun).goroutinesPerStream),
-			fmtDur(time.Duration(stat("a", func(r *streamRun) float64 { return float64(r.cpuPerDelta) }))), failed("a"))
+			fmtDur(time.Duration(stat("a", func(r *streamRun) float64 { return float64(r.cpuPerDelta) }))), failed("a"), others("a"))
 	}
 	w.Flush()
 	for _, n := range levels {

@@ -285,6 +285,8 @@ type servers struct {
 	sitePort  int
 	adminPort int
 	seq       int
+	// streamFake is the fake of the agent streams run (its CPU is ours).
+	streamFake *proc
 }
 
 func (s *servers) fakeURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", s.fakePort) }
