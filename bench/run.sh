@@ -6,6 +6,8 @@
 #	bash bench/run.sh -soak           # 60 s at 200 req/s, config reload every 10 s
 #	bash bench/run.sh -profile 10     # pprof CPU and allocs of (a) and (b)
 #	bash bench/run.sh -stalled        # 800 stalled bodies on a protected path, Caddy's RSS
+#	bash bench/run.sh -agent-streams  # the agent: 10 and 1,000 open streams (delay per event, memory per stream)
+#	bash bench/run.sh -agent-reads    # the agent: threads.list and get_by_id on 10,000 threads, 200,000 items
 #	bash bench/run.sh -h              # every flag
 #
 # Needs Go >= 1.26 and taskset (util-linux). Everything runs on 127.0.0.1.

@@ -335,14 +335,15 @@ func chatkitBlock(fake *fakeopenai.Server, workflow, extra string) string {
 }
 
 // demoPageRoot is a copy of the demo's page, as cmd/demo serves it: the
-// same files plus demo-config.json saying the backend is the fake.
+// same files plus demo-config.json saying the backend is the fake and the
+// block mints (CHATKIT_WORKFLOW_ID is set).
 func demoPageRoot(t *testing.T) string {
 	t.Helper()
 	root := t.TempDir()
 	if err := os.CopyFS(root, os.DirFS(filepath.Join("..", "cmd", "demo", "page"))); err != nil {
 		t.Fatalf("copying the demo page: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(root, "demo-config.json"), []byte(`{"backend":"fake"}`+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "demo-config.json"), []byte(`{"backend":"fake","model":"gpt-5-mini","minting":true}`+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return root

@@ -8,6 +8,8 @@
 //
 //	/v1/...         the fake API: create and cancel sessions, answering at once;
 //	                POST /v1/responses, streaming an event every -event-interval
+//	                (with -stamp-deltas each text delta starts with the time it
+//	                was written, for timing the events' trip)
 //	/bench/arm      capture the next create request (POST)
 //	/bench/last     the captured create request as JSON (method, path, status,
 //	                header, body), to check two targets make the same call
@@ -70,6 +72,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "loopback host:port to serve on")
 	reset := flag.Duration("reset", 250*time.Millisecond, "how often the fake's request and session records are dropped")
 	eventInterval := flag.Duration("event-interval", 0, "wait between the events of a /v1/responses stream")
+	stamp := flag.Bool("stamp-deltas", false, "start every streamed text delta with \"~<unix ns>~\", the time it was written")
 	flag.Parse()
 
 	host, _, err := net.SplitHostPort(*listen)
@@ -80,6 +83,9 @@ func main() {
 	fake := fakeopenai.New(fakeopenai.Options{EventInterval: *eventInterval})
 	defer fake.Close()
 	api := fake.Handler()
+	if *stamp {
+		api = stampDeltas(api)
+	}
 
 	var (
 		creates atomic.Int64

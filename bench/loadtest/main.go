@@ -7,6 +7,8 @@
 //	go run ./bench/loadtest -soak           # 60 s steady load, reload every 10 s
 //	go run ./bench/loadtest -profile 10     # CPU and alloc profiles of (a) and (b)
 //	go run ./bench/loadtest -stalled        # 800 stalled bodies on a protected path, RSS
+//	go run ./bench/loadtest -agent-streams  # the agent: 10 and 1,000 open streams (delay, memory)
+//	go run ./bench/loadtest -agent-reads    # the agent: threads.list/get_by_id on 10,000 threads
 //
 // (or `bash bench/run.sh …`). It builds ./cmd/caddy and ./bench/fakeserver
 // (or takes -caddy), then runs the fake upstream (bench/fakeserver, its own
@@ -79,6 +81,20 @@ type options struct {
 
 	profile        int
 	profileTargets string
+
+	agentStreams   bool
+	streamCounts   string
+	streamWords    int
+	streamInterval time.Duration
+
+	agentReads   bool
+	readsDB      string
+	readsOwners  int
+	readsThreads int
+	readsItems   int
+	readsRate    string
+
+	agentProfile int
 }
 
 const (
@@ -129,10 +145,29 @@ func main() {
 	flag.StringVar(&o.stalledLimit, "stalled-limit", "2 1h", "rate_limit <burst> <interval> of the protected site")
 	flag.IntVar(&o.profile, "profile", 0, "profile mode: seconds of CPU profile taken from Caddy's admin API during each of -profile-targets, plus allocs")
 	flag.StringVar(&o.profileTargets, "profile-targets", "ab", "targets to profile in -profile mode")
+
+	flag.BoolVar(&o.agentStreams, "agent-streams", false, "agent mode: concurrent threads.create streams through Caddy vs the fake's streams read directly (delay per event, memory per open stream)")
+	flag.StringVar(&o.streamCounts, "streams", "10,1000", "agent streams: comma-separated numbers of concurrent streams")
+	flag.IntVar(&o.streamWords, "stream-words", 1000, "agent streams: words in each message, so text deltas in each answer (plus 2)")
+	flag.DurationVar(&o.streamInterval, "stream-interval", 20*time.Millisecond, "agent streams: the fake's wait between stream events")
+
+	flag.BoolVar(&o.agentReads, "agent-reads", false, "agent mode: threads.list and threads.get_by_id latency on a filled SQLite database")
+	flag.StringVar(&o.readsDB, "reads-db", "", "agent reads: reuse this filled database (default: fill a new one in the work directory)")
+	flag.IntVar(&o.readsOwners, "reads-owners", 100, "agent reads: users in the database")
+	flag.IntVar(&o.readsThreads, "reads-threads", 100, "agent reads: threads per user")
+	flag.IntVar(&o.readsItems, "reads-items", 20, "agent reads: items per thread")
+	flag.IntVar(&o.agentProfile, "agent-profile", 0, "agent modes: seconds of CPU profile of Caddy (streams: with every stream of the largest count open, plus a heap profile; reads: during each request type at the highest rate), in the first round")
+	flag.StringVar(&o.readsRate, "reads-rate", "100,1000", "agent reads: comma-separated request rates (per second, open loop, 2 a second per client)")
 	flag.Parse()
 
 	if o.fakeCPUs == "" {
 		o.fakeCPUs = o.serverCPUs
+		if o.agentStreams {
+			// The fake streams as much as Caddy does: on Caddy's core it would
+			// take Caddy's time; beside the load generator it weighs on (d)
+			// and (a) alike.
+			o.fakeCPUs = o.loadCPUs
+		}
 	}
 	if !o.pin {
 		o.loadCPUs, o.serverCPUs, o.fakeCPUs = "", "", ""
@@ -185,6 +220,10 @@ func run(o *options) error {
 		return runProfile(s)
 	case o.stalled:
 		return runStalled(s)
+	case o.agentStreams:
+		return runAgentStreams(s)
+	case o.agentReads:
+		return runAgentReads(s)
 	default:
 		return runCompare(s)
 	}

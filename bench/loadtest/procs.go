@@ -285,15 +285,19 @@ type servers struct {
 	sitePort  int
 	adminPort int
 	seq       int
+	// streamFake is the fake of the agent streams run (its CPU is ours).
+	streamFake *proc
 }
 
 func (s *servers) fakeURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", s.fakePort) }
 func (s *servers) siteURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", s.sitePort) }
 func (s *servers) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.adminPort) }
 
-func (s *servers) startFake() (*proc, error) {
+// startFake runs the fake upstream with extra fakeserver flags.
+func (s *servers) startFake(extra ...string) (*proc, error) {
 	s.seq++
-	p, err := startProc("fakeserver", []string{s.opts.fakeBin, "-listen", fmt.Sprintf("127.0.0.1:%d", s.fakePort)},
+	argv := append([]string{s.opts.fakeBin, "-listen", fmt.Sprintf("127.0.0.1:%d", s.fakePort)}, extra...)
+	p, err := startProc("fakeserver", argv,
 		s.opts.fakeCPUs, 1, nil, filepath.Join(s.work, fmt.Sprintf("fake-%03d.log", s.seq)), nil)
 	if err != nil {
 		return nil, err

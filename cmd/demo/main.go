@@ -1,17 +1,22 @@
-// Command demo runs Caddy with the chatkit module in-process and serves a
-// small page for trying the token flow:
+// Command demo runs Caddy with the chatkit module in-process as a ChatKit
+// server (the agent mode) and serves a small chat page for it:
 //
 //	go run ./cmd/demo
 //
-// then open http://localhost:8080/. With OPENAI_API_KEY and
-// CHATKIT_WORKFLOW_ID both set it mints real ChatKit sessions; otherwise it
-// starts the built-in fake OpenAI API on 127.0.0.1 and the secrets it shows
-// are not real. Ctrl-C stops it.
+// then open http://localhost:8080/. With OPENAI_API_KEY set the agent talks
+// to OpenAI for real (model gpt-5-mini unless -model says otherwise);
+// otherwise it starts the built-in fake OpenAI API on 127.0.0.1, which
+// answers "You said: …" word by word. Threads are kept in SQLite under the
+// demo's cache directory. With CHATKIT_WORKFLOW_ID set the block also mints
+// ChatKit client secrets for that workflow (hosted mode) and the page shows
+// the token flow. Ctrl-C stops it.
 package main
 
 import (
+	"cmp"
 	"context"
 	"embed"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +28,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -35,15 +41,30 @@ import (
 //go:embed page
 var pageFS embed.FS
 
-// fakeWorkflow is the workflow id sent to the fake, which knows every wf_ id.
-const fakeWorkflow = "wf_demo"
+const (
+	// defaultModel is the model the agent asks OpenAI for.
+	defaultModel = "gpt-5-mini"
+	// fakeEventInterval paces the fake's answer so it visibly streams.
+	fakeEventInterval = 60 * time.Millisecond
+	// threadsFile is the agent's SQLite database, in the storage directory.
+	threadsFile = "threads.db"
+	// instructions are the agent's system prompt.
+	instructions = "You are the assistant of the caddy-chatkit demo page. Answer briefly and plainly."
+)
 
 // options configure one run of the demo.
 type options struct {
 	// Listen is host:port for the demo site, e.g. "localhost:8080".
 	Listen string
-	// StorageDir is Caddy's storage (it keeps the cookie signing key).
+	// StorageDir is Caddy's storage (it keeps the cookie signing key) and
+	// holds the agent's threads (threads.db).
 	StorageDir string
+	// Model is the OpenAI model the agent uses with a real key; default
+	// gpt-5-mini.
+	Model string
+	// FakeEventInterval is the wait between the fake's stream events;
+	// default 60ms.
+	FakeEventInterval time.Duration
 	// Getenv reads the environment; os.Getenv when nil.
 	Getenv func(string) string
 	// Logf prints the demo's own messages; log.Printf when nil.
@@ -54,12 +75,13 @@ type options struct {
 
 func main() {
 	listen := flag.String("listen", "localhost:8080", "host:port the demo site listens on")
+	model := flag.String("model", defaultModel, "OpenAI model the agent uses when OPENAI_API_KEY is set")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	err := run(ctx, options{Listen: *listen, StorageDir: defaultStorageDir()})
+	err := run(ctx, options{Listen: *listen, StorageDir: defaultStorageDir(), Model: *model})
 	if err != nil {
 		log.Printf("demo: %v", err)
 		os.Exit(1)
@@ -67,7 +89,8 @@ func main() {
 }
 
 // defaultStorageDir is under the user's cache directory, so the anonymous
-// cookie key (and with it the visitor ids) survives restarts of the demo.
+// cookie key (and with it the visitor ids) and the threads survive restarts
+// of the demo.
 func defaultStorageDir() string {
 	base, err := os.UserCacheDir()
 	if err != nil {
@@ -108,44 +131,55 @@ func run(ctx context.Context, opts options) error {
 		return fmt.Errorf("writing the demo page: %v", err)
 	}
 
-	// The upstream: OpenAI when both variables are set, else the fake.
+	// The upstream: OpenAI with a key, else the fake. Placeholders, not the
+	// values: Caddy resolves them when it loads the config, so the key never
+	// appears in the config itself.
 	apiKey := strings.TrimSpace(getenv("OPENAI_API_KEY"))
-	workflow := strings.TrimSpace(getenv("CHATKIT_WORKFLOW_ID"))
-	var chatkit, backend string
-	if apiKey != "" && workflow != "" {
-		backend = "openai"
-		// Placeholders, not the values: Caddy resolves them when it loads
-		// the config, so the key never appears in the config itself.
-		chatkit = "api_key {env.OPENAI_API_KEY}\n\t\tworkflow {env.CHATKIT_WORKFLOW_ID}"
-		logf("using OpenAI for real: api_key {env.OPENAI_API_KEY}, workflow {env.CHATKIT_WORKFLOW_ID}")
+	minting := strings.TrimSpace(getenv("CHATKIT_WORKFLOW_ID")) != ""
+	cfg := demoConfig{Backend: "openai", Model: cmp.Or(opts.Model, defaultModel), Minting: minting}
+	var upstream string
+	if apiKey != "" {
+		upstream = "api_key {env.OPENAI_API_KEY}"
+		logf("OPENAI_API_KEY is set: the agent talks to OpenAI for real, model %s", cfg.Model)
 	} else {
-		backend = "fake"
-		fake := fakeopenai.New(fakeopenai.Options{})
+		cfg.Backend = "fake"
+		interval := cmp.Or(opts.FakeEventInterval, fakeEventInterval)
+		fake := fakeopenai.New(fakeopenai.Options{EventInterval: interval})
 		defer fake.Close()
-		if apiKey != "" || workflow != "" {
-			logf("only one of OPENAI_API_KEY and CHATKIT_WORKFLOW_ID is set; both are needed to use OpenAI")
-		}
-		logf("no OPENAI_API_KEY/CHATKIT_WORKFLOW_ID: using the built-in fake OpenAI at %s, secrets are not real", fake.URL())
-		chatkit = fmt.Sprintf("api_base %s\n\t\tapi_key %s\n\t\tworkflow %s", fake.URL(), fakeopenai.DefaultAPIKey, fakeWorkflow)
+		upstream = fmt.Sprintf("api_base %s\n\t\tapi_key %s", fake.URL(), fakeopenai.DefaultAPIKey)
+		logf("no OPENAI_API_KEY: the agent answers from the built-in fake OpenAI at %s, which echoes \"You said: …\" word by word every %v (no model runs)", fake.URL(), interval)
 	}
-	// The page reads this to say which backend it talks to.
-	if err := os.WriteFile(filepath.Join(root, "demo-config.json"), []byte(`{"backend":"`+backend+`"}`+"\n"), 0o644); err != nil {
+	if minting {
+		upstream += "\n\t\tworkflow {env.CHATKIT_WORKFLOW_ID}"
+		if apiKey == "" {
+			logf("CHATKIT_WORKFLOW_ID is set: the block also mints client secrets, from the fake (they are not real)")
+		} else {
+			logf("CHATKIT_WORKFLOW_ID is set: the block also mints client secrets for that workflow")
+		}
+	}
+	// The page reads this to say what it talks to.
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "demo-config.json"), append(cfgJSON, '\n'), 0o644); err != nil {
 		return err
 	}
 
-	caddyfile := demoCaddyfile(host, port, opts.StorageDir, root, chatkit)
+	threads := filepath.Join(opts.StorageDir, threadsFile)
+	caddyfile := demoCaddyfile(host, port, opts.StorageDir, root, upstream, cfg.Model, threads)
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
 		return errors.New("the caddyfile adapter is not registered")
 	}
-	cfgJSON, warnings, err := adapter.Adapt([]byte(caddyfile), map[string]any{"filename": "demo"})
+	caddyJSON, warnings, err := adapter.Adapt([]byte(caddyfile), map[string]any{"filename": "demo"})
 	if err != nil {
 		return fmt.Errorf("adapting the demo Caddyfile: %v", err)
 	}
 	for _, w := range warnings {
 		logf("caddyfile warning: %s", w.String())
 	}
-	if err := caddy.Load(cfgJSON, true); err != nil {
+	if err := caddy.Load(caddyJSON, true); err != nil {
 		return fmt.Errorf("starting Caddy (is %s already in use? try -listen): %v", opts.Listen, err)
 	}
 	defer func() {
@@ -155,7 +189,7 @@ func run(ctx context.Context, opts options) error {
 	}()
 
 	site := "http://" + net.JoinHostPort(displayHost(host), port) + "/"
-	logf("demo ready: open %s (Ctrl-C to stop); Caddy storage in %s", site, opts.StorageDir)
+	logf("demo ready: open %s (Ctrl-C to stop); threads in %s", site, threads)
 	if opts.OnReady != nil {
 		opts.OnReady(site)
 	}
@@ -164,9 +198,20 @@ func run(ctx context.Context, opts options) error {
 	return nil
 }
 
-// demoCaddyfile is the whole demo site: the chatkit handler in front of a
-// file server for the page.
-func demoCaddyfile(host, port, storageDir, pageRoot, chatkit string) string {
+// demoConfig is demo-config.json, what the page shows about the setup.
+type demoConfig struct {
+	// Backend is "fake" or "openai".
+	Backend string `json:"backend"`
+	// Model is the model the agent asks for (the fake takes any name).
+	Model string `json:"model"`
+	// Minting is true when the block also has a workflow.
+	Minting bool `json:"minting"`
+}
+
+// demoCaddyfile is the whole demo site: the chatkit handler (the agent,
+// and minting when upstream names a workflow) in front of a file server for
+// the page.
+func demoCaddyfile(host, port, storageDir, pageRoot, upstream, model, threads string) string {
 	bind := ""
 	if host != "" {
 		bind = "bind " + host
@@ -182,11 +227,16 @@ http://:%s {
 	%s
 	chatkit {
 		%s
+		agent {
+			model %s
+			instructions %q
+			store sqlite %s
+		}
 	}
 	root * %s
 	file_server
 }
-`, quote(storageDir), port, bind, chatkit, quote(pageRoot))
+`, quote(storageDir), port, bind, upstream, model, instructions, quote(threads), quote(pageRoot))
 }
 
 // quote makes a path one Caddyfile token.
