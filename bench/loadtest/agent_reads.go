@@ -84,6 +84,8 @@ func runAgentReads(s *servers) error {
 			res  *loadResult
 			cpu  time.Duration
 			late time.Duration
+			// others is the share of a core processes not ours used.
+			others float64
 		}
 		var rows []row
 		for r := range o.rounds {
@@ -93,20 +95,26 @@ func runAgentReads(s *servers) error {
 					waitQuiet(o.quietWait)
 				}
 				profile := o.agentProfile > 0 && r == 0 && rate == slices.Max(rates)
-				var c0, c1 time.Duration
+				var c0, c1, b0, b1, own0, own1 time.Duration
+				ownCPU := func() time.Duration { return selfCPU() + cpuTime(caddy.pid()) + cpuTime(fake.pid()) }
 				res, late := openLoop(clients, t, rate, o.warmup, o.duration,
 					func() {
+						b0, own0 = systemBusy(), ownCPU()
 						c0 = cpuTime(caddy.pid())
 						if profile {
 							file := "reads-" + t.key + "-cpu.pprof"
 							profiled = append(profiled, file)
 							go fetchProfile(s, "/debug/pprof/profile?seconds="+strconv.Itoa(min(o.agentProfile, int(o.duration/time.Second))), file)
 						}
-					}, func() { c1 = cpuTime(caddy.pid()) })
+					}, func() {
+						c1 = cpuTime(caddy.pid())
+						b1, own1 = systemBusy(), ownCPU()
+					})
 				cpu := max(c1-c0-time.Duration(idleCPU*o.duration.Seconds()), 0)
-				rows = append(rows, row{t, res, cpu, late})
-				fmt.Printf("  round %d %-38s %6.0f req/s  p50 %-8s p99 %-8s p99.9 %-8s ok %-7d failed %d [%s]; generator late p99 %s\n",
-					r+1, t.name, res.rps(), fmtDur(res.pct(0.50)), fmtDur(res.pct(0.99)), fmtDur(res.pct(0.999)), res.ok, res.failed(), res.failureSummary(), fmtDur(late))
+				others := max((b1-b0)-(own1-own0), 0).Seconds() / o.duration.Seconds()
+				rows = append(rows, row{t, res, cpu, late, others})
+				fmt.Printf("  round %d %-38s %6.0f req/s  p50 %-8s p99 %-8s p99.9 %-8s ok %-7d failed %d [%s]; generator late p99 %s; other processes %.0f%% of a core\n",
+					r+1, t.name, res.rps(), fmtDur(res.pct(0.50)), fmtDur(res.pct(0.99)), fmtDur(res.pct(0.999)), res.ok, res.failed(), res.failureSummary(), fmtDur(late), 100*others)
 			}
 		}
 		closeClients(clients)
