@@ -32,15 +32,7 @@ func (s *servers) agentCaddyfile(dbPath string, limits bool) string {
 	if limits {
 		rateLimit = ""
 	}
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	auto_https off
-	storage file_system %s/storage
-	servers {
-		trusted_proxies static 127.0.0.1/32
-	}
-%s}
+	return fmt.Sprintf(`%s
 
 http://127.0.0.1:%d {
 	chatkit {
@@ -55,7 +47,7 @@ http://127.0.0.1:%d {
 
 	respond "bench site" 200
 }
-`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, rateLimit, agentModel, dbPath)
+`, s.globalOptions(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, rateLimit, agentModel, dbPath)
 }
 
 // startAgentCaddy runs Caddy with the agent on a database.

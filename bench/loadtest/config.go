@@ -32,22 +32,14 @@ type caddyConf struct {
 //     and the proxy copies that into `user`.
 func (s *servers) caddyfile(c caddyConf) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `{
-	admin 127.0.0.1:%d
-	persist_config off
-	auto_https off
-	storage file_system %s/storage
-	servers {
-		trusted_proxies static 127.0.0.1/32
-	}
-%s}
+	fmt.Fprintf(&b, `%s
 
 http://127.0.0.1:%d {
 	chatkit {
 		workflow %s
 		api_key %s
 		api_base %s/v1
-`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, workflowID, apiKey, s.fakeURL())
+`, s.globalOptions(), s.sitePort, workflowID, apiKey, s.fakeURL())
 	if c.sessionTTL != "" {
 		fmt.Fprintf(&b, "\t\tsession_ttl %s\n", c.sessionTTL)
 	}
@@ -99,15 +91,7 @@ func (s *servers) moduleLogOption() string {
 // for it; no stalled body ever reaches it), client addresses from
 // X-Forwarded-For through trusted_proxies.
 func (s *servers) protectCaddyfile(rateLimit string) string {
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	auto_https off
-	storage file_system %s/storage
-	servers {
-		trusted_proxies static 127.0.0.1/32
-	}
-%s}
+	return fmt.Sprintf(`%s
 
 http://127.0.0.1:%d {
 	chatkit {
@@ -117,5 +101,20 @@ http://127.0.0.1:%d {
 	reverse_proxy /chatkit* 127.0.0.1:%d
 	respond "bench site" 200
 }
-`, s.adminPort, s.work, s.moduleLogOption(), s.sitePort, rateLimit, s.fakePort)
+`, s.globalOptions(), s.sitePort, rateLimit, s.fakePort)
+}
+
+// globalOptions is the Caddyfile's global block every benchmark config
+// shares: its own admin port and storage, no automatic HTTPS, and the
+// load generator as a trusted proxy.
+func (s *servers) globalOptions() string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	auto_https off
+	storage file_system %s/storage
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+%s}`, s.adminPort, s.work, s.moduleLogOption())
 }
