@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -278,6 +279,10 @@ func responsesEventRead(t string) bool {
 // needs is an error.
 func (ev *responsesEvent) decode(data []byte) error {
 	*ev = responsesEvent{}
+	if ev.decodeDelta(data) {
+		return nil
+	}
+	*ev = responsesEvent{}
 	err := json.Unmarshal(data, ev)
 	if err == nil && responsesEventRead(ev.Type) {
 		return nil
@@ -293,6 +298,53 @@ func (ev *responsesEvent) decode(data []byte) error {
 	}
 	*ev = responsesEvent{Type: head.Type}
 	return nil
+}
+
+var errAgentSlowPath = errors.New("not a plain delta event")
+
+// decodeDelta reads a text delta event, most of a stream's events, without
+// reflection: their members are strings and numbers (and `logprobs`, not
+// read). It reports false for any other event, or one it cannot read this
+// way, which then goes through encoding/json.
+func (ev *responsesEvent) decodeDelta(data []byte) bool {
+	if !json.Valid(data) || !agentIsObject(data[agentSkipSpace(data, 0):]) {
+		return false
+	}
+	ok := true
+	_ = agentEachRawMember(data, func(key, val []byte) error {
+		var err error
+		switch string(key) {
+		case `"type"`:
+			ev.Type, err = agentString(val, "type")
+		case `"delta"`:
+			ev.Delta, err = agentString(val, "delta")
+		case `"item_id"`:
+			ev.ItemID, err = agentString(val, "item_id")
+		case `"sequence_number"`:
+			ev.SequenceNumber, err = strconv.ParseInt(string(val), 10, 64)
+		case `"output_index"`:
+			ev.OutputIndex, err = strconv.Atoi(string(val))
+		case `"content_index"`:
+			ev.ContentIndex, err = strconv.Atoi(string(val))
+		case `"summary_index"`:
+			ev.SummaryIndex, err = strconv.Atoi(string(val))
+		case `"logprobs"`, `"obfuscation"`:
+			// Not read.
+		default:
+			// Anything else, a field of another event or a key
+			// encoding/json would match case-insensitively: its way.
+			err = errAgentSlowPath
+		}
+		if err != nil {
+			ok = false
+		}
+		return err
+	})
+	switch ev.Type {
+	case "response.output_text.delta", "response.refusal.delta", "response.reasoning_summary_text.delta":
+		return ok
+	}
+	return false
 }
 
 // ---------------------------------------------------------------- outcome

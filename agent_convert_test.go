@@ -662,3 +662,87 @@ func TestConverterLateEvents(t *testing.T) {
 		}
 	}
 }
+
+// responsesDeltaSeeds are delta events as OpenAI sends them and in shapes it
+// might: escapes, an obfuscation pad, logprobs, odd spacing, escaped keys,
+// numbers the fast path must hand to encoding/json.
+var responsesDeltaSeeds = []string{
+	`{"type":"response.output_text.delta","sequence_number":7,"item_id":"msg_1","output_index":0,"content_index":0,"delta":" world","logprobs":[],"obfuscation":"Xk3"}`,
+	`{"type":"response.output_text.delta","delta":"tab\there \"q\" \u00e9 \ud83d\ude00 <b>","item_id":"m","content_index":2}`,
+	`{"type":"response.output_text.delta","delta":"x","text":7}`,
+	`{"type":"response.output_text.delta","Delta":"case"}`,
+	` { "type" : "response.refusal.delta" , "delta" : "no" , "output_index" : 1 } `,
+	`{"type":"response.reasoning_summary_text.delta","summary_index":3,"delta":"hm","logprobs":[{"token":"a","logprob":-0.1,"top_logprobs":[]}]}`,
+	`{"typ\u0065":"response.output_text.delta","delta":"escaped key"}`,
+	`{"type":"response.output_text.delta","sequence_number":1e3,"delta":"x"}`,
+	`{"type":"response.output_text.delta","content_index":-0,"delta":"x","delta":"last wins"}`,
+	`{"type":"response.output_text.delta","delta":null}`,
+	`{"type":"response.output_text.delta","delta":"x"`,
+	`{"type":"response.output_text.done","text":"not a delta"}`,
+}
+
+// TestResponsesDeltaFastPath: the hand-written reader of delta events
+// decodes exactly what encoding/json does, and leaves everything else to it.
+func TestResponsesDeltaFastPath(t *testing.T) {
+	fast := 0
+	for _, data := range responsesDeltaSeeds {
+		if checkResponsesDeltaFastPath(t, []byte(data)) {
+			fast++
+		}
+	}
+	if fast != 5 {
+		t.Fatalf("%d of the seeds took the fast path, want the 5 plain deltas", fast)
+	}
+}
+
+func FuzzResponsesDeltaFastPath(f *testing.F) {
+	for _, s := range responsesDeltaSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkResponsesDeltaFastPath(t, data) })
+}
+
+// checkResponsesDeltaFastPath reports whether data took the fast path, and
+// fails t if that decoded anything other than encoding/json would.
+func checkResponsesDeltaFastPath(t *testing.T, data []byte) bool {
+	t.Helper()
+	var ev responsesEvent
+	if !ev.decodeDelta(data) {
+		return false
+	}
+	var want responsesEvent
+	if err := json.Unmarshal(data, &want); err != nil {
+		t.Fatalf("%s: the fast path read an event encoding/json refuses: %v", data, err)
+	}
+	if fmt.Sprintf("%#v", ev) != fmt.Sprintf("%#v", want) {
+		t.Fatalf("%s:\nfast path    %#v\nencoding/json %#v", data, ev, want)
+	}
+	return true
+}
+
+// TestFlushBeforeReadBatchesArrivedEvents: the stream's frames go out just
+// before the reader waits for more of the model's stream, so events that
+// arrived in one read share one flush and none waits for a later one.
+func TestFlushBeforeReadBatchesArrivedEvents(t *testing.T) {
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte("data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\":3}\n\n"))
+		_, _ = pw.Write([]byte("data: {\"n\":4}\n\n"))
+		_ = pw.Close()
+	}()
+	events := 0
+	var flushedAfter []int // events handled at each flush
+	rd := newSSEReader(flushBeforeRead{pr, func() { flushedAfter = append(flushedAfter, events) }}, 1<<10)
+	for {
+		if _, _, err := rd.Next(); err != nil {
+			if err != io.EOF {
+				t.Fatal(err)
+			}
+			break
+		}
+		events++
+	}
+	if fmt.Sprint(flushedAfter) != "[0 3 4]" {
+		t.Fatalf("flushes after %v events, want [0 3 4]: one before each read, none per event", flushedAfter)
+	}
+}

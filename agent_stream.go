@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -231,6 +232,9 @@ func (t *agentTurn) run() {
 			return
 		}
 		t.frames.itemDoneJSON(blob)
+		// Saved and sent: the model reads the message from the store, so
+		// the decoded copy is not held while the answer streams.
+		t.req.Input = agentUserInput{}
 	case agentThreadsRetryAfterItem:
 		ctx, cancel := t.saveContext()
 		_, err := t.st.DeleteItemsAfter(ctx, t.owner, t.thread.ID, t.retryItem)
@@ -254,16 +258,35 @@ func (t *agentTurn) run() {
 		h.guard.release(t.probe)
 		return
 	}
-	// What the title needs is kept; the history itself is not held while
-	// the answer streams, which may take minutes.
-	titleFrom := ""
+	// What the title needs is kept (the first message only for a title
+	// model); the history itself is not held while the answer streams,
+	// which may take minutes.
+	var title agentTitleSource
 	if t.thread.Title == "" && !agentHasAnswer(history) {
-		titleFrom = agentFirstUserText(history)
+		title = newAgentTitleSource(agentFirstUserText(history), t.a.titleModel != "")
 	}
-	if t.callModel(t.requestBody(history)) && strings.TrimSpace(titleFrom) != "" {
-		t.setTitle(titleFrom)
+	if t.callModel(t.requestBody(history)) && title.fallback != "" {
+		t.setTitle(title)
 	}
 	t.flush()
+}
+
+// agentTitleSource is what an untitled thread's title is made from after
+// the first answer: the first message for the title model, and the title
+// taken from it for when there is no title model or it fails.
+type agentTitleSource struct {
+	message, fallback string
+}
+
+func newAgentTitleSource(first string, forModel bool) agentTitleSource {
+	if strings.TrimSpace(first) == "" {
+		return agentTitleSource{}
+	}
+	src := agentTitleSource{fallback: strings.Clone(agentTitle(first))}
+	if forModel {
+		src.message = first
+	}
+	return src
 }
 
 // createThread makes the new thread (a fresh id on the rare collision).
@@ -317,6 +340,63 @@ func (t *agentTurn) flush() {
 	if err != nil {
 		t.clientGone()
 	}
+}
+
+// flushPending sends the frames built so far, if any.
+func (t *agentTurn) flushPending() {
+	if t.frames.Len() > 0 {
+		t.flush()
+	}
+}
+
+// flushBeforeRead calls flush before every read of r.
+type flushBeforeRead struct {
+	r     io.Reader
+	flush func()
+}
+
+func (f flushBeforeRead) Read(p []byte) (int, error) {
+	f.flush()
+	return f.r.Read(p)
+}
+
+// agentIdleTimer fires when touch has not been called for the timeout. A
+// touch only notes the time: the timer is re-armed when it fires early,
+// not on every event.
+type agentIdleTimer struct {
+	timeout time.Duration
+	fire    func()
+	start   time.Time
+	last    atomic.Int64 // since start, at the latest touch
+	stopped atomic.Bool
+	timer   atomic.Pointer[time.Timer]
+}
+
+func newAgentIdleTimer(timeout time.Duration, fire func()) *agentIdleTimer {
+	it := &agentIdleTimer{timeout: timeout, fire: fire, start: time.Now()}
+	it.arm(timeout)
+	return it
+}
+
+func (it *agentIdleTimer) arm(d time.Duration) { it.timer.Store(time.AfterFunc(d, it.check)) }
+
+func (it *agentIdleTimer) check() {
+	if it.stopped.Load() {
+		return
+	}
+	if quiet := time.Since(it.start) - time.Duration(it.last.Load()); quiet < it.timeout {
+		it.arm(it.timeout - quiet)
+		return
+	}
+	it.fire()
+}
+
+func (it *agentIdleTimer) touch() { it.last.Store(int64(time.Since(it.start))) }
+
+// stop keeps the timer from firing; a check already running sees it.
+func (it *agentIdleTimer) stop() {
+	it.stopped.Store(true)
+	it.timer.Load().Stop()
 }
 
 func (t *agentTurn) clientGone() {
@@ -430,9 +510,11 @@ func (t *agentTurn) callModel(body []byte) bool {
 	defer resp.Body.Close()
 
 	conv := newAgentConverter(agentConverterConfig{ThreadID: t.thread.ID, NewID: agentNewID, Now: h.now}, &t.frames)
-	rd := newSSEReader(resp.Body, agentMaxEvent)
+	// The frames go out just before the reader waits for the model: events
+	// that arrived together share one write, and none waits for the next.
+	rd := newSSEReader(flushBeforeRead{resp.Body, t.flushPending}, agentMaxEvent)
 	var ev responsesEvent
-	var idle *time.Timer
+	var idle *agentIdleTimer
 	var readErr error
 	badStream := false // the stream sent something that is not a Responses event
 	for !conv.Finished() && !t.failed {
@@ -443,9 +525,9 @@ func (t *agentTurn) callModel(body []byte) bool {
 		}
 		if idle == nil {
 			firstByte.Stop()
-			idle = time.AfterFunc(a.idleTimeout, func() { cancel(errAgentIdle) })
+			idle = newAgentIdleTimer(a.idleTimeout, func() { cancel(errAgentIdle) })
 		} else {
-			idle.Reset(a.idleTimeout)
+			idle.touch()
 		}
 		if err := ev.decode(data); err != nil {
 			readErr, badStream = err, true
@@ -453,10 +535,9 @@ func (t *agentTurn) callModel(body []byte) bool {
 		}
 		conv.Feed(&ev)
 		t.persist(conv.Done())
-		t.flush()
 	}
 	if idle != nil {
-		idle.Stop()
+		idle.stop()
 	}
 
 	var turnErr *upstreamError
@@ -590,13 +671,13 @@ func agentFirstUserText(history []threadstore.Item) string {
 // setTitle gives an untitled thread its title after its first answer: from
 // the title model when one is set (falling back on failure), else from the
 // first message.
-func (t *agentTurn) setTitle(first string) {
+func (t *agentTurn) setTitle(src agentTitleSource) {
 	title := ""
-	if t.a.titleModel != "" && !t.gone {
-		title = t.titleFromModel(first)
+	if src.message != "" && !t.gone {
+		title = t.titleFromModel(src.message)
 	}
 	if title == "" {
-		title = agentTitle(first)
+		title = src.fallback
 	}
 	ctx, cancel := t.saveContext()
 	th, err := t.st.UpdateThread(ctx, t.owner, t.thread.ID, threadstore.ThreadUpdate{Title: &title})

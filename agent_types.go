@@ -804,6 +804,13 @@ func agentStringEnd(b []byte, i int) int {
 // agentEachMember calls fn with each member of the JSON object obj, keys
 // unescaped. An error from fn stops the walk and is returned.
 func agentEachMember(obj []byte, fn func(key string, val []byte) error) error {
+	return agentEachRawMember(obj, func(key, val []byte) error { return fn(agentUnquote(key), val) })
+}
+
+// agentEachRawMember is agentEachMember with each key as its JSON token,
+// quotes and escapes included, so a hot path can match keys without
+// allocating.
+func agentEachRawMember(obj []byte, fn func(key, val []byte) error) error {
 	i := agentSkipSpace(obj, 0) + 1 // past '{'
 	for {
 		i = agentSkipSpace(obj, i)
@@ -814,7 +821,7 @@ func agentEachMember(obj []byte, fn func(key string, val []byte) error) error {
 			i = agentSkipSpace(obj, i+1)
 		}
 		end := agentValueEnd(obj, i)
-		key := agentUnquote(obj[i:end])
+		key := obj[i:end]
 		i = agentSkipSpace(obj, end) + 1 // past ':'
 		i = agentSkipSpace(obj, i)
 		end = agentValueEnd(obj, i)
@@ -1244,7 +1251,7 @@ func (f *agentFrames) Len() int { return len(f.buf) }
 // enough for the small events that make up a stream, so that one large
 // event (the user's message, an echo of the instructions, the final item)
 // does not stay allocated for the rest of the stream.
-const agentKeepBuffer = 4 << 10
+const agentKeepBuffer = 1 << 10
 
 // Reset empties the buffer, keeping its memory unless an unusually large
 // event grew it.

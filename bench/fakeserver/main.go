@@ -4,7 +4,8 @@
 //
 //	fakeserver -listen 127.0.0.1:0 -event-interval 20ms
 //
-// It prints "listening http://127.0.0.1:PORT" once it serves. Paths:
+// It prints "listening http://127.0.0.1:PORT" once it serves (https with
+// -tls-cert). Paths:
 //
 //	/v1/...         the fake API: create and cancel sessions, answering at once;
 //	                POST /v1/responses, streaming an event every -event-interval
@@ -73,6 +74,8 @@ func main() {
 	reset := flag.Duration("reset", 250*time.Millisecond, "how often the fake's request and session records are dropped")
 	eventInterval := flag.Duration("event-interval", 0, "wait between the events of a /v1/responses stream")
 	stamp := flag.Bool("stamp-deltas", false, "start every streamed text delta with \"~<unix ns>~\", the time it was written")
+	tlsCert := flag.String("tls-cert", "", "serve HTTPS (and HTTP/2, as OpenAI does) with this PEM certificate; needs -tls-key")
+	tlsKey := flag.String("tls-key", "", "the PEM key of -tls-cert")
 	flag.Parse()
 
 	host, _, err := net.SplitHostPort(*listen)
@@ -143,7 +146,11 @@ func main() {
 		log.Fatalf("fakeserver: %v", err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Printf("listening http://%s\n", ln.Addr())
+	scheme := "http"
+	if *tlsCert != "" {
+		scheme = "https"
+	}
+	fmt.Printf("listening %s://%s\n", scheme, ln.Addr())
 
 	go func() {
 		ch := make(chan os.Signal, 1)
@@ -151,7 +158,13 @@ func main() {
 		<-ch
 		_ = srv.Close()
 	}()
-	if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+	if *tlsCert != "" {
+		// ServeTLS negotiates h2 by ALPN.
+		err = srv.ServeTLS(ln, *tlsCert, *tlsKey)
+	} else {
+		err = srv.Serve(ln)
+	}
+	if err != nil && err != http.ErrServerClosed {
 		log.Fatalf("fakeserver: %v", err)
 	}
 }

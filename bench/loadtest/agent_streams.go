@@ -47,6 +47,14 @@ func runAgentStreams(s *servers) error {
 	if o.streamWords < 10 || o.streamWords > 1300 {
 		return errors.New("-stream-words must be 10 to 1300 (the agent's default max_input of 4,000 characters holds 1,300 two-letter words)")
 	}
+	if o.streamTLS {
+		ft, err := newFakeTLS(s.work)
+		if err != nil {
+			return err
+		}
+		s.fakeTLS = ft
+		defer func() { s.fakeTLS = nil }()
+	}
 	fake, err := s.startFake("-event-interval", o.streamInterval.String(), "-stamp-deltas")
 	if err != nil {
 		return err
@@ -109,9 +117,13 @@ type streamRun struct {
 	profile                   bool  // take CPU and heap profiles once every stream is open
 	idleRSS, openRSS, peakRSS int64 // kB
 	idleHeap, openHeap        float64
-	idleGoroutines            int
-	goroutines                int
-	cpuPerDelta               time.Duration
+	// live: Go heap just after a forced collection plus goroutine stacks,
+	// what the streams hold apart from the collector's headroom.
+	idleLive, openLive   float64
+	idleStack, openStack float64 // of which goroutine stacks
+	idleGoroutines       int
+	goroutines           int
+	cpuPerDelta          time.Duration
 }
 
 func (r *streamRun) pct(p float64) time.Duration {
@@ -130,6 +142,14 @@ func (r *streamRun) heapPerStreamKiB() float64 {
 	return (r.openHeap - r.idleHeap) / 1024 / float64(r.n)
 }
 
+func (r *streamRun) livePerStreamKiB() float64 {
+	return (r.openLive - r.idleLive) / 1024 / float64(r.n)
+}
+
+func (r *streamRun) stackPerStreamKiB() float64 {
+	return (r.openStack - r.idleStack) / 1024 / float64(r.n)
+}
+
 func (r *streamRun) goroutinesPerStream() float64 {
 	return float64(r.goroutines-r.idleGoroutines) / float64(r.n)
 }
@@ -141,8 +161,8 @@ func (r *streamRun) print() {
 		r.deltas, r.window.Round(time.Millisecond), r.ramp.Round(time.Millisecond), r.completed, r.failed, failureList(r.failures))
 	fmt.Printf("    other processes: %.0f%% of a core during the window\n", 100*r.others)
 	if r.target == "a" {
-		fmt.Printf("    Caddy: RSS idle %s, with the streams open %s (peak %s): %.1f KiB per stream; Go heap in use %.1f KiB per stream; %d goroutines, %d idle (%.1f per stream); CPU %s per delta\n",
-			fmtMB(r.idleRSS), fmtMB(r.openRSS), fmtMB(r.peakRSS), r.perStreamKiB(), r.heapPerStreamKiB(), r.goroutines, r.idleGoroutines, r.goroutinesPerStream(), fmtDur(r.cpuPerDelta))
+		fmt.Printf("    Caddy: RSS idle %s, with the streams open %s (peak %s): %.1f KiB per stream; Go heap in use %.1f KiB per stream; live heap and stacks %.1f KiB per stream (stacks %.1f KiB); %d goroutines, %d idle (%.1f per stream); CPU %s per delta\n",
+			fmtMB(r.idleRSS), fmtMB(r.openRSS), fmtMB(r.peakRSS), r.perStreamKiB(), r.heapPerStreamKiB(), r.livePerStreamKiB(), r.stackPerStreamKiB(), r.goroutines, r.idleGoroutines, r.goroutinesPerStream(), fmtDur(r.cpuPerDelta))
 	}
 }
 
@@ -213,7 +233,23 @@ func caddyStreams(s *servers, n int, text string, want int, profile bool) (*stre
 		run.idleHeap = m["go_memstats_heap_inuse_bytes"]
 	}
 	run.idleGoroutines, _ = goroutines(s.adminURL())
+	run.idleLive, run.idleStack = liveMemory(s.adminURL())
 	return run, readStreams(s, run, newReq, marks, want, caddy)
+}
+
+// liveMemory has Caddy collect its garbage (the admin API's heap profile
+// with gc=1) and returns its heap then in use plus its goroutine stacks,
+// and the stacks alone, in bytes; zeros when it cannot.
+func liveMemory(adminURL string) (live, stacks float64) {
+	if _, status, err := httpGet(adminURL + "/debug/pprof/heap?gc=1"); err != nil || status != http.StatusOK {
+		return 0, 0
+	}
+	m, err := metrics(adminURL)
+	if err != nil {
+		return 0, 0
+	}
+	stacks = m["go_memstats_stack_inuse_bytes"]
+	return m["go_memstats_heap_alloc_bytes"] + stacks, stacks
 }
 
 // sample is one reading while the streams run: Caddy's RSS and CPU (zero
@@ -238,6 +274,10 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: n,
 		DisableCompression:  true,
+	}
+	if caddy == nil && s.fakeTLS != nil {
+		// The fake directly: as Caddy reaches it, over TLS and HTTP/2.
+		tr = s.fakeTLS.transport()
 	}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
@@ -328,6 +368,7 @@ func readStreams(s *servers, run *streamRun, newReq func(i int) *http.Request, m
 					run.openHeap = m["go_memstats_heap_inuse_bytes"]
 				}
 				run.goroutines, _ = goroutines(s.adminURL())
+				run.openLive, run.openStack = liveMemory(s.adminURL())
 				if run.profile {
 					go takeStreamProfiles(s, run.n)
 				}
@@ -480,7 +521,7 @@ func shortErr(err error) string {
 func summarizeStreams(levels []int, runs []*streamRun) {
 	fmt.Printf("\nmedians over the rounds:\n")
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "streams\ttarget\tdelay p50\tp99\tp99.9\tCaddy adds p50\tp99\tRSS/stream\theap/stream\tgoroutines/stream\tCaddy CPU/delta\tfailed\tothers (max)\t")
+	fmt.Fprintln(w, "streams\ttarget\tdelay p50\tp99\tp99.9\tCaddy adds p50\tp99\tRSS/stream\theap/stream\tlive/stream\tgoroutines/stream\tCaddy CPU/delta\tfailed\tothers (max)\t")
 	for _, n := range levels {
 		stat := func(k string, f func(*streamRun) float64) float64 {
 			var xs []float64
@@ -512,11 +553,11 @@ func summarizeStreams(levels []int, runs []*streamRun) {
 		}
 		d50, d99, d999 := stat("d", p(0.5)), stat("d", p(0.99)), stat("d", p(0.999))
 		a50, a99, a999 := stat("a", p(0.5)), stat("a", p(0.99)), stat("a", p(0.999))
-		fmt.Fprintf(w, "%d\t(d) fake direct\t%s\t%s\t%s\t\t\t\t\t\t\t%d\t%.0f%%\t\n", n, fmtDur(time.Duration(d50)), fmtDur(time.Duration(d99)), fmtDur(time.Duration(d999)), failed("d"), others("d"))
-		fmt.Fprintf(w, "%d\t(a) Caddy agent\t%s\t%s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%.1f\t%s\t%d\t%.0f%%\t\n", n,
+		fmt.Fprintf(w, "%d\t(d) fake direct\t%s\t%s\t%s\t\t\t\t\t\t\t\t%d\t%.0f%%\t\n", n, fmtDur(time.Duration(d50)), fmtDur(time.Duration(d99)), fmtDur(time.Duration(d999)), failed("d"), others("d"))
+		fmt.Fprintf(w, "%d\t(a) Caddy agent\t%s\t%s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%.1f KiB\t%.1f\t%s\t%d\t%.0f%%\t\n", n,
 			fmtDur(time.Duration(a50)), fmtDur(time.Duration(a99)), fmtDur(time.Duration(a999)),
 			fmtSigned(time.Duration(a50-d50)), fmtSigned(time.Duration(a99-d99)),
-			stat("a", (*streamRun).perStreamKiB), stat("a", (*streamRun).heapPerStreamKiB),
+			stat("a", (*streamRun).perStreamKiB), stat("a", (*streamRun).heapPerStreamKiB), stat("a", (*streamRun).livePerStreamKiB),
 			stat("a", (*streamRun).goroutinesPerStream),
 			fmtDur(time.Duration(stat("a", func(r *streamRun) float64 { return float64(r.cpuPerDelta) }))), failed("a"), others("a"))
 	}

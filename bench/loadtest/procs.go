@@ -213,8 +213,11 @@ func httpPost(url, contentType string, body []byte) ([]byte, int, error) {
 
 // waitHTTP polls url until it answers (any status) or the deadline passes.
 func waitHTTP(p *proc, url string, timeout time.Duration) error {
+	return waitHTTPWith(&http.Client{Timeout: time.Second}, p, url, timeout)
+}
+
+func waitHTTPWith(c *http.Client, p *proc, url string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second}
 	for time.Now().Before(deadline) {
 		if p != nil && p.exited() {
 			return fmt.Errorf("%s exited during startup (%v); see %s", p.name, p.err, p.log)
@@ -287,9 +290,25 @@ type servers struct {
 	seq       int
 	// streamFake is the fake of the agent streams run (its CPU is ours).
 	streamFake *proc
+	// fakeTLS, when set, makes the fakes serve HTTPS and Caddy trust them.
+	fakeTLS *fakeTLS
 }
 
-func (s *servers) fakeURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", s.fakePort) }
+func (s *servers) fakeURL() string {
+	if s.fakeTLS != nil {
+		return fmt.Sprintf("https://127.0.0.1:%d", s.fakePort)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", s.fakePort)
+}
+
+// fakeClient reaches the fake, over TLS when it serves it.
+func (s *servers) fakeClient(timeout time.Duration) *http.Client {
+	c := &http.Client{Timeout: timeout}
+	if s.fakeTLS != nil {
+		c.Transport = s.fakeTLS.transport()
+	}
+	return c
+}
 func (s *servers) siteURL() string  { return fmt.Sprintf("http://127.0.0.1:%d", s.sitePort) }
 func (s *servers) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", s.adminPort) }
 
@@ -297,12 +316,15 @@ func (s *servers) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", 
 func (s *servers) startFake(extra ...string) (*proc, error) {
 	s.seq++
 	argv := append([]string{s.opts.fakeBin, "-listen", fmt.Sprintf("127.0.0.1:%d", s.fakePort)}, extra...)
+	if s.fakeTLS != nil {
+		argv = append(argv, "-tls-cert", s.fakeTLS.certFile, "-tls-key", s.fakeTLS.keyFile)
+	}
 	p, err := startProc("fakeserver", argv,
 		s.opts.fakeCPUs, 1, nil, filepath.Join(s.work, fmt.Sprintf("fake-%03d.log", s.seq)), nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitHTTP(p, s.fakeURL()+"/bench/count", 10*time.Second); err != nil {
+	if err := waitHTTPWith(s.fakeClient(time.Second), p, s.fakeURL()+"/bench/count", 10*time.Second); err != nil {
 		p.stop()
 		return nil, err
 	}
@@ -334,6 +356,9 @@ func (s *servers) startCaddy(caddyfile string) (*proc, error) {
 		"HOME=" + home,
 		"XDG_DATA_HOME=" + filepath.Join(home, "data"),
 		"XDG_CONFIG_HOME=" + filepath.Join(home, "config"),
+	}
+	if s.fakeTLS != nil {
+		env = append(env, "SSL_CERT_FILE="+s.fakeTLS.certFile)
 	}
 	p, err := startProc("caddy", []string{s.opts.caddyBin, "run", "--config", cfg, "--adapter", "caddyfile"},
 		s.opts.serverCPUs, s.opts.serverProcs, env, filepath.Join(s.work, fmt.Sprintf("caddy-%03d.log", s.seq)), nil)
