@@ -50,6 +50,26 @@ http://127.0.0.1:%d {
 `, s.globalOptions(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, rateLimit, agentModel, dbPath)
 }
 
+// streamProxyCaddyfile is Caddy's own reverse_proxy in front of the fake's
+// streaming /v1/responses: what Caddy costs per stream doing the least a
+// streaming handler can (copy each event through, flushing it at once, as
+// the proxy does for text/event-stream), for comparison with the agent.
+func (s *servers) streamProxyCaddyfile() string {
+	return fmt.Sprintf(`%s
+
+http://127.0.0.1:%d {
+	handle /v1/responses {
+		reverse_proxy %s {
+			flush_interval -1
+		}
+	}
+	handle {
+		respond "bench site" 200
+	}
+}
+`, s.globalOptions(), s.sitePort, s.fakeURL())
+}
+
 // startAgentCaddy runs Caddy with the agent on a database.
 func (s *servers) startAgentCaddy(dbPath string, limits bool) (*proc, error) {
 	return s.startCaddy(s.agentCaddyfile(dbPath, limits))

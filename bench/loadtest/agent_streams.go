@@ -71,14 +71,17 @@ func runAgentStreams(s *servers) error {
 	var runs []*streamRun
 	for r := range o.rounds {
 		for _, n := range levels {
-			for _, k := range order("da", r) {
+			for _, k := range order(o.streamTargets, r) {
 				if o.quietWait > 0 {
 					waitQuiet(o.quietWait)
 				}
 				var run *streamRun
-				if k == "d" {
+				switch k {
+				case "d":
 					run, err = directStreams(s, n, text, want)
-				} else {
+				case "p":
+					run, err = proxyStreams(s, n, text, want)
+				default:
 					// Profiled once: the first round's largest count.
 					profile := o.agentProfile > 0 && r == 0 && n == slices.Max(levels)
 					run, err = caddyStreams(s, n, text, want, profile)
@@ -155,12 +158,12 @@ func (r *streamRun) goroutinesPerStream() float64 {
 }
 
 func (r *streamRun) print() {
-	name := map[string]string{"d": "fake direct", "a": "Caddy agent"}[r.target]
+	name := map[string]string{"d": "fake direct", "p": "Caddy proxy", "a": "Caddy agent"}[r.target]
 	fmt.Printf("round %d (%s) %-12s %5d streams: delay p50 %-8s p99 %-8s p99.9 %-8s max %-8s (%d deltas in %s, ramp %s) completed %d failed %d%s\n",
 		r.round, r.target, name, r.n, fmtDur(r.pct(0.5)), fmtDur(r.pct(0.99)), fmtDur(r.pct(0.999)), fmtDur(r.pct(1)),
 		r.deltas, r.window.Round(time.Millisecond), r.ramp.Round(time.Millisecond), r.completed, r.failed, failureList(r.failures))
 	fmt.Printf("    other processes: %.0f%% of a core during the window\n", 100*r.others)
-	if r.target == "a" {
+	if r.target != "d" {
 		fmt.Printf("    Caddy: RSS idle %s, with the streams open %s (peak %s): %.1f KiB per stream; Go heap in use %.1f KiB per stream; live heap and stacks %.1f KiB per stream (stacks %.1f KiB); %d goroutines, %d idle (%.1f per stream); CPU %s per delta\n",
 			fmtMB(r.idleRSS), fmtMB(r.openRSS), fmtMB(r.peakRSS), r.perStreamKiB(), r.heapPerStreamKiB(), r.livePerStreamKiB(), r.stackPerStreamKiB(), r.goroutines, r.idleGoroutines, r.goroutinesPerStream(), fmtDur(r.cpuPerDelta))
 	}
@@ -199,6 +202,30 @@ func directStreams(s *servers, n int, text string, want int) (*streamRun, error)
 	return run, readStreams(s, run, newReq, streamMarks{delta: []byte(`"type":"response.output_text.delta"`), end: []byte(`"type":"response.completed"`)}, want, nil)
 }
 
+// proxyStreams reads n of the fake's streams at once through Caddy's
+// reverse_proxy, measured as the agent is.
+func proxyStreams(s *servers, n int, text string, want int) (*streamRun, error) {
+	caddy, err := s.startCaddy(s.streamProxyCaddyfile())
+	if err != nil {
+		return nil, err
+	}
+	defer caddy.stop()
+	reqs := func(words string) func(int) *http.Request {
+		body, _ := json.Marshal(map[string]any{
+			"model": agentModel, "stream": true, "store": false,
+			"input": []any{map[string]any{"type": "message", "role": "user", "content": []any{map[string]any{"type": "input_text", "text": words}}}},
+		})
+		return func(int) *http.Request {
+			req, _ := http.NewRequest(http.MethodPost, s.siteURL()+"/v1/responses", bytes.NewReader(body))
+			req.Header["Authorization"] = []string{"Bearer " + apiKey}
+			req.Header["Content-Type"] = []string{"application/json"}
+			return req
+		}
+	}
+	marks := streamMarks{delta: []byte(`"type":"response.output_text.delta"`), end: []byte(`"type":"response.completed"`)}
+	return measureCaddyStreams(s, caddy, &streamRun{target: "p", n: n}, text, reqs, marks, want)
+}
+
 // caddyStreams starts a fresh Caddy, warms it up, measures it idle, then
 // reads n threads.create streams at once.
 func caddyStreams(s *servers, n int, text string, want int, profile bool) (*streamRun, error) {
@@ -208,33 +235,34 @@ func caddyStreams(s *servers, n int, text string, want int, profile bool) (*stre
 	}
 	defer caddy.stop()
 	url := s.siteURL() + agentPath
-	newReq := func(i int) *http.Request {
-		return agentRequest(url, fmt.Sprintf("bench-s%05d", i), "threads.create", map[string]any{"input": userInput(text)})
+	reqs := func(words string) func(int) *http.Request {
+		return func(i int) *http.Request {
+			return agentRequest(url, fmt.Sprintf("bench-%d-%05d", len(words), i), "threads.create", map[string]any{"input": userInput(words)})
+		}
 	}
 	marks := streamMarks{delta: []byte(`"type":"assistant_message.content_part.text_delta"`), end: []byte(`"type":"thread.item.done","item":{`)}
+	return measureCaddyStreams(s, caddy, &streamRun{target: "a", n: n, profile: profile}, text, reqs, marks, want)
+}
 
-	// Warm-up: a few short answers to the end, so pools, the database and
-	// the runtime have their working size; then idle.
-	warm := &streamRun{target: "a", n: 20}
-	short := strings.TrimSpace(strings.Repeat("ab ", 20))
-	warmReq := func(i int) *http.Request {
-		return agentRequest(url, fmt.Sprintf("bench-w%05d", i), "threads.create", map[string]any{"input": userInput(short)})
-	}
-	if err := readStreams(s, warm, warmReq, marks, 22, nil); err != nil {
+// measureCaddyStreams warms a fresh Caddy up with a few short answers to
+// the end (so pools, the database and the runtime have their working
+// size), measures it idle, then reads run.n streams of text at once.
+func measureCaddyStreams(s *servers, caddy *proc, run *streamRun, text string, reqs func(words string) func(int) *http.Request, marks streamMarks, want int) (*streamRun, error) {
+	warm := &streamRun{target: run.target, n: 20}
+	if err := readStreams(s, warm, reqs(strings.TrimSpace(strings.Repeat("ab ", 20))), marks, 22, nil); err != nil {
 		return nil, err
 	}
 	if warm.completed != warm.n {
 		return nil, fmt.Errorf("warm-up: %d of %d streams through Caddy completed%s; see %s", warm.completed, warm.n, failureList(warm.failures), caddy.log)
 	}
 	time.Sleep(2 * time.Second)
-	run := &streamRun{target: "a", n: n, profile: profile}
 	run.idleRSS, _, _ = memKB(caddy.pid())
 	if m, err := metrics(s.adminURL()); err == nil {
 		run.idleHeap = m["go_memstats_heap_inuse_bytes"]
 	}
 	run.idleGoroutines, _ = goroutines(s.adminURL())
 	run.idleLive, run.idleStack = liveMemory(s.adminURL())
-	return run, readStreams(s, run, newReq, marks, want, caddy)
+	return run, readStreams(s, run, reqs(text), marks, want, caddy)
 }
 
 // liveMemory has Caddy collect its garbage (the admin API's heap profile
@@ -552,14 +580,28 @@ func summarizeStreams(levels []int, runs []*streamRun) {
 			return func(r *streamRun) float64 { return float64(r.pct(q)) }
 		}
 		d50, d99, d999 := stat("d", p(0.5)), stat("d", p(0.99)), stat("d", p(0.999))
-		a50, a99, a999 := stat("a", p(0.5)), stat("a", p(0.99)), stat("a", p(0.999))
+		measured := func(k string) bool {
+			for _, r := range runs {
+				if r.n == n && r.target == k {
+					return true
+				}
+			}
+			return false
+		}
 		fmt.Fprintf(w, "%d\t(d) fake direct\t%s\t%s\t%s\t\t\t\t\t\t\t\t%d\t%.0f%%\t\n", n, fmtDur(time.Duration(d50)), fmtDur(time.Duration(d99)), fmtDur(time.Duration(d999)), failed("d"), others("d"))
-		fmt.Fprintf(w, "%d\t(a) Caddy agent\t%s\t%s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%.1f KiB\t%.1f\t%s\t%d\t%.0f%%\t\n", n,
-			fmtDur(time.Duration(a50)), fmtDur(time.Duration(a99)), fmtDur(time.Duration(a999)),
-			fmtSigned(time.Duration(a50-d50)), fmtSigned(time.Duration(a99-d99)),
-			stat("a", (*streamRun).perStreamKiB), stat("a", (*streamRun).heapPerStreamKiB), stat("a", (*streamRun).livePerStreamKiB),
-			stat("a", (*streamRun).goroutinesPerStream),
-			fmtDur(time.Duration(stat("a", func(r *streamRun) float64 { return float64(r.cpuPerDelta) }))), failed("a"), others("a"))
+		for _, k := range []string{"p", "a"} {
+			if !measured(k) {
+				continue
+			}
+			name := map[string]string{"p": "(p) Caddy proxy", "a": "(a) Caddy agent"}[k]
+			k50, k99, k999 := stat(k, p(0.5)), stat(k, p(0.99)), stat(k, p(0.999))
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%.1f KiB\t%.1f\t%s\t%d\t%.0f%%\t\n", n, name,
+				fmtDur(time.Duration(k50)), fmtDur(time.Duration(k99)), fmtDur(time.Duration(k999)),
+				fmtSigned(time.Duration(k50-d50)), fmtSigned(time.Duration(k99-d99)),
+				stat(k, (*streamRun).perStreamKiB), stat(k, (*streamRun).heapPerStreamKiB), stat(k, (*streamRun).livePerStreamKiB),
+				stat(k, (*streamRun).goroutinesPerStream),
+				fmtDur(time.Duration(stat(k, func(r *streamRun) float64 { return float64(r.cpuPerDelta) }))), failed(k), others(k))
+		}
 	}
 	w.Flush()
 	for _, n := range levels {
@@ -571,7 +613,7 @@ func summarizeStreams(levels []int, runs []*streamRun) {
 			if r.target == "a" {
 				mem = append(mem, r.perStreamKiB())
 				a99 = append(a99, float64(r.pct(0.99)))
-			} else {
+			} else if r.target == "d" {
 				d99 = append(d99, float64(r.pct(0.99)))
 			}
 		}

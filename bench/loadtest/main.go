@@ -87,6 +87,7 @@ type options struct {
 	streamWords    int
 	streamInterval time.Duration
 	streamTLS      bool
+	streamTargets  string
 
 	agentReads   bool
 	readsDB      string
@@ -151,6 +152,7 @@ func main() {
 	flag.StringVar(&o.streamCounts, "streams", "10,1000", "agent streams: comma-separated numbers of concurrent streams")
 	flag.IntVar(&o.streamWords, "stream-words", 1000, "agent streams: words in each message, so text deltas in each answer (plus 2)")
 	flag.DurationVar(&o.streamInterval, "stream-interval", 20*time.Millisecond, "agent streams: the fake's wait between stream events")
+	flag.StringVar(&o.streamTargets, "stream-targets", "dpa", "agent streams: d = the fake read directly, p = through Caddy's reverse_proxy, a = through Caddy's agent")
 	flag.BoolVar(&o.streamTLS, "stream-tls", true, "agent streams: the fake serves HTTPS with HTTP/2, as OpenAI does (false: plain HTTP/1.1, a connection per stream)")
 
 	flag.BoolVar(&o.agentReads, "agent-reads", false, "agent mode: threads.list and threads.get_by_id latency on a filled SQLite database")
