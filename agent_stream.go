@@ -265,7 +265,14 @@ func (t *agentTurn) run() {
 	if t.thread.Title == "" && !agentHasAnswer(history) {
 		title = newAgentTitleSource(agentFirstUserText(history), t.a.titleModel != "")
 	}
-	if t.callModel(t.requestBody(history)) && title.fallback != "" {
+	answered := t.callModel(t.requestBody(history))
+	if title.fallback != "" && !t.failed {
+		// Titled even when the first answer was stopped or failed: the
+		// next turn is no longer the first and would never title it. The
+		// title model is asked only about a thread that got its answer.
+		if !answered {
+			title.message = ""
+		}
 		t.setTitle(title)
 	}
 	t.flush()

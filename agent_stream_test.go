@@ -91,6 +91,27 @@ func TestAgentCancelSavesPartialAndStopsUpstream(t *testing.T) {
 	}
 }
 
+// TestAgentStoppedFirstAnswerStillTitlesThread: a thread whose first answer
+// was stopped is titled after its first message, as one that was answered.
+func TestAgentStoppedFirstAnswerStillTitlesThread(t *testing.T) {
+	fake := newFake(t)
+	startAgent(t, fake, "", "", "")
+	browser := client(t)
+	fake.ScriptResponse(fakeopenai.ResponseScript{Text: "Once upon a time", Fault: fakeopenai.StreamFaultStall, After: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp := openStream(t, ctx, browser, createBody("tell me a story about a lighthouse"))
+	frames := readFrames(t, bufio.NewReader(resp.Body), func(f agentFrame) bool {
+		return f.Update.Type == "assistant_message.content_part.text_delta"
+	})
+	cancel()
+	th := agentStream{frames: frames}.threadID(t)
+	agentWaitUntil(t, "the stopped thread titled", func() bool {
+		r := agentPost(t, browser, threadBody("threads.get_by_id", th))
+		return r.json["title"] == "tell me a story about a lighthouse"
+	})
+}
+
 // TestAgentFaults drives every upstream failure through a real stream: the
 // user's message is always kept, a partial answer too, and the person gets
 // an error event that says whether trying again can help.
