@@ -269,11 +269,12 @@ func (t *agentTurn) run() {
 	if title.fallback != "" && !t.failed {
 		// Titled even when the first answer was stopped or failed: the
 		// next turn is no longer the first and would never title it. The
-		// title model is asked only about a thread that got its answer.
+		// title model is asked only about a thread that got its answer, and
+		// a stream that ended with an error says nothing after it.
 		if !answered {
 			title.message = ""
 		}
-		t.setTitle(title)
+		t.setTitle(title, answered)
 	}
 	t.flush()
 }
@@ -678,7 +679,7 @@ func agentFirstUserText(history []threadstore.Item) string {
 // setTitle gives an untitled thread its title after its first answer: from
 // the title model when one is set (falling back on failure), else from the
 // first message.
-func (t *agentTurn) setTitle(src agentTitleSource) {
+func (t *agentTurn) setTitle(src agentTitleSource, announce bool) {
 	title := ""
 	if src.message != "" && !t.gone {
 		title = t.titleFromModel(src.message)
@@ -696,7 +697,9 @@ func (t *agentTurn) setTitle(src agentTitleSource) {
 		return
 	}
 	t.thread = agentThreadOf(th)
-	t.frames.threadUpdated(&t.thread)
+	if announce {
+		t.frames.threadUpdated(&t.thread)
+	}
 }
 
 // titleFromModel asks the title model for a title; "" when it cannot.
