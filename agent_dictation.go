@@ -201,6 +201,15 @@ func (au *agentAudio) decode(params []byte) error {
 	return nil
 }
 
+// appendJSON encodes the params' members in their canonical form, which
+// decode reads back the same.
+func (au *agentAudio) appendJSON(buf []byte) []byte {
+	buf = append(buf, `"audio_base64":`...)
+	buf = appendAgentString(buf, string(au.Base64))
+	buf = append(buf, `,"mime_type":`...)
+	return appendAgentString(buf, au.MediaType)
+}
+
 // errAgentAudio is base64 that does not decode, or decodes to nothing.
 var errAgentAudio = errors.New("params.audio_base64: is not audio in standard base64")
 

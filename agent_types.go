@@ -684,6 +684,9 @@ func (r *agentRequest) appendJSON(buf []byte) []byte {
 		key("kind")
 		buf = appendAgentString(buf, r.Kind)
 	}
+	if r.Type == agentInputTranscribe {
+		buf = r.Audio.appendJSON(buf)
+	}
 	return append(buf, "}}"...)
 }
 
