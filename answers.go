@@ -221,7 +221,7 @@ var failureRules = [failureCount]failureRule{
 		breaker: breakerCounts, retry: retryUnlessRefused,
 	},
 	failRejected: {
-		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError},
+		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the request", outcomeUpstreamError},
 		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: false},
 		level:  zapcore.ErrorLevel, log: "OpenAI refused the request: check the chatkit options, or the agent's model and options (see openai_error_param)",
 	},
