@@ -133,6 +133,10 @@ type Agent struct {
 	// The Responses API's `store` flag: whether OpenAI keeps the responses.
 	// Default: off, since the conversation lives in the module's database.
 	OpenAIStore bool `json:"openai_store,omitempty"`
+
+	// Dictation: the composer's microphone, transcribed by OpenAI (the
+	// audio is sent to OpenAI). Default: off.
+	Dictation *AgentDictation `json:"dictation,omitempty"`
 }
 
 // AgentPrompt names an OpenAI dashboard prompt.
@@ -196,6 +200,8 @@ type agentRuntime struct {
 	sidKey []byte
 
 	userBudget, siteBudget *tokenLimit
+
+	dictation *agentDictation // nil when off
 
 	store    *agentStoreHandle
 	storeKey string
@@ -274,6 +280,7 @@ func (a *Agent) validate() error {
 		{a.IdleTimeout != 0, func() error { return checkAgentIdleTimeout(time.Duration(a.IdleTimeout)) }},
 		{a.TokenBudget != nil && a.TokenBudget.User != nil, func() error { return checkTokenBudget("user", a.TokenBudget.User) }},
 		{a.TokenBudget != nil && a.TokenBudget.Site != nil, func() error { return checkTokenBudget("site", a.TokenBudget.Site) }},
+		{a.Dictation != nil, func() error { return a.Dictation.validate() }},
 	} {
 		if rule.set {
 			if err := rule.err(); err != nil {
@@ -350,6 +357,12 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort)
 
 	a.sidKey = agentSafetyKey(h.apiKey)
+
+	dictation, err := newAgentDictation(cfg.Dictation, func(s string) string { return repl.ReplaceAll(s, "") })
+	if err != nil {
+		return err
+	}
+	a.dictation = dictation
 
 	if b := cfg.TokenBudget; b != nil {
 		if b.User != nil {
@@ -684,7 +697,7 @@ func agentMetricType(t string) string {
 	switch t {
 	case agentThreadsCreate, agentThreadsAddUserMessage, agentThreadsRetryAfterItem,
 		agentThreadsGetByID, agentThreadsList, agentItemsList, agentThreadsUpdate,
-		agentThreadsDelete, agentItemsFeedback:
+		agentThreadsDelete, agentItemsFeedback, agentInputTranscribe:
 		return t
 	case "":
 		return "none"
@@ -719,17 +732,23 @@ func (h *Handler) serveAgent(x *exchange) {
 		return
 	}
 	// As on protected paths, the body is read before anything is charged
-	// (its type decides the charge), under the same bounds.
-	release, ok := h.holdPending(x, a.maxBody)
+	// (its type decides the charge), under the same bounds: the largest any
+	// type may send, then its own type's.
+	limit := a.maxBodyFor(agentInputTranscribe)
+	release, ok := h.holdPending(x, limit)
 	if !ok {
 		return
 	}
-	body, ok := h.readRequestBody(x, a.maxBody)
+	body, ok := h.readRequestBody(x, limit)
 	release()
 	if !ok {
 		return
 	}
 	req, derr := decodeAgentRequest(body, agentRequestLimits{MaxInput: a.maxInput})
+	if own := a.maxBodyFor(req.Type); int64(len(body)) > own {
+		x.refuse(bodyTooLarge(own))
+		return
+	}
 	if derr != nil {
 		x.requestType = "malformed"
 		// Probing with bad bodies is not free.
@@ -741,11 +760,14 @@ func (h *Handler) serveAgent(x *exchange) {
 		return
 	}
 	x.requestType = req.Type
-	if req.streaming() {
+	switch {
+	case req.Type == agentInputTranscribe:
+		h.serveTranscribe(x, &req)
+	case req.streaming():
 		h.serveAgentTurn(x, &req)
-		return
+	default:
+		h.serveAgentJSON(x, &req)
 	}
-	h.serveAgentJSON(x, &req)
 }
 
 // openAgentStore returns the store for this request, answering 503 when it

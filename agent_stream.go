@@ -645,12 +645,18 @@ func (t *agentTurn) recordUsage(conv *agentConverter, o *agentOutcome) {
 	t.x.logFields = append(t.x.logFields, zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens))
 }
 
-func (t *agentTurn) chargeTokens(u agentUsage) {
+func (t *agentTurn) chargeTokens(u agentUsage) { t.h.chargeAgentTokens(t.owner, u) }
+
+// chargeAgentTokens counts what OpenAI reported a call cost (a turn, a
+// title, a transcription) against owner's and the site's token budgets and
+// in the metrics.
+func (h *Handler) chargeAgentTokens(owner string, u agentUsage) {
+	a := h.agent
 	total := u.TotalTokens
 	if total == 0 {
 		total = u.InputTokens + u.OutputTokens
 	}
-	t.a.zone.tokens.charge(t.owner, total, t.a.userBudget, t.a.siteBudget, t.h.limiter.zone.clock.nanos(t.h.now()))
+	a.zone.tokens.charge(owner, total, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(h.now()))
 	agentTokens.WithLabelValues("input").Add(float64(max(u.InputTokens, 0)))
 	agentTokens.WithLabelValues("output").Add(float64(max(u.OutputTokens, 0)))
 }

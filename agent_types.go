@@ -72,6 +72,9 @@ type agentRequest struct {
 	ItemIDs []string
 	// Kind is "positive" or "negative" (items.feedback).
 	Kind string
+	// Audio is the recording to transcribe (input.transcribe, see
+	// agent_dictation.go).
+	Audio agentAudio
 }
 
 // streaming reports whether the request is answered with an event stream;
@@ -202,11 +205,15 @@ func decodeAgentRequest(body []byte, lim agentRequestLimits) (agentRequest, erro
 		return req, err
 	}
 	keys, required := agentParamKeys(req.Type)
-	if keys == 0 {
+	if keys == 0 && req.Type != agentInputTranscribe {
 		return req, &agentRequestError{Kind: agentErrUnknownType, Field: "type", Msg: "unknown request type " + agentQuoteShort(req.Type)}
 	}
 	if params == nil {
 		return req, agentInvalid("params", "is required")
+	}
+	if req.Type == agentInputTranscribe {
+		err := req.Audio.decode(params)
+		return req, err
 	}
 	if err := req.decodeParams(params, keys, required, lim); err != nil {
 		return req, err
@@ -676,6 +683,9 @@ func (r *agentRequest) appendJSON(buf []byte) []byte {
 		buf = append(buf, ']')
 		key("kind")
 		buf = appendAgentString(buf, r.Kind)
+	}
+	if r.Type == agentInputTranscribe {
+		buf = r.Audio.appendJSON(buf)
 	}
 	return append(buf, "}}"...)
 }

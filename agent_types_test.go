@@ -236,6 +236,10 @@ var agentGoodRequests = []agentRequestCase{
 			{Type: "input_tag", ID: "p", Text: "Ann", Data: json.RawMessage(`{}`)}}, QuotedText: "the second paragraph"}}},
 	{"retry (captured)", `{"type":"threads.retry_after_item","params":{"thread_id":"thr_4c7e5a96","item_id":"msg_05fc48d3"}}`,
 		agentRequest{Type: agentThreadsRetryAfterItem, ThreadID: "thr_4c7e5a96", ItemID: "msg_05fc48d3"}},
+	{"transcribe (captured)", `{"type":"input.transcribe","params":{"audio_base64":"AAECAw==","mime_type":"audio/webm;codecs=opus"}}`,
+		agentRequest{Type: agentInputTranscribe, Audio: agentAudio{Base64: []byte("AAECAw=="), MediaType: "audio/webm", Extension: "webm"}}},
+	{"transcribe escaped", `{"params":{"mime_type":"AUDIO/MP4","audio_base64":"AAEC\/w=="},"type":"input.transcribe"}`,
+		agentRequest{Type: agentInputTranscribe, Audio: agentAudio{Base64: []byte("AAEC/w=="), MediaType: "audio/mp4", Extension: "mp4"}}},
 	{"get_by_id", `{"type":"threads.get_by_id","params":{"thread_id":"thr_1"}}`,
 		agentRequest{Type: agentThreadsGetByID, ThreadID: "thr_1"}},
 	{"list as the client sends it", `{"type":"threads.list","params":{"limit":9999,"order":"desc"}}`,
@@ -436,6 +440,7 @@ func agentFuzzSeeds() []fzSeed {
 	add("bad-not-object", `[]`)
 	add("bad-invalid-utf8", "{\"type\":\"threads.get_by_id\",\"params\":{\"thread_id\":\"\xff\"}}")
 	add("bad-escaped-quote-in-key", `{"ty\"pe":"threads.list","params":{}}`)
+	add("bad-transcribe-type", `{"type":"input.transcribe","params":{"audio_base64":"AAECAw==","mime_type":"audio/x-flac"}}`)
 	return seeds
 }
 

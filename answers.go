@@ -62,6 +62,7 @@ func allAnswers() []answer {
 		answerNotFound, answerThreadBusy, answerStoreUnavailable, answerStoreFailed,
 		answerTurnRateLimited, answerTurnBudget, answerTurnTokensUser, answerTurnTokensSite,
 		answerTurnLimiterDown, answerTurnCircuitOpen,
+		answerDictationOff, answerTokensUser, answerTokensSite,
 	}
 	for f := upstreamFailure(1); f < failureCount; f++ {
 		answers = append(answers, f.rule().answer)
@@ -88,6 +89,12 @@ var (
 	answerTurnTokensSite  = answer{http.StatusServiceUnavailable, "token_budget_exhausted", "The assistant has used this site's allowance for now.", outcomeTokenBudgetExhausted}
 	answerTurnLimiterDown = answer{http.StatusServiceUnavailable, "rate_limit_unavailable", "The assistant cannot check this site's limits right now.", outcomeRateLimitUnavailable}
 	answerTurnCircuitOpen = answer{http.StatusServiceUnavailable, "circuit_open", "The assistant is unavailable right now.", outcomeCircuitOpen}
+
+	// Dictation's (input.transcribe, a JSON request): the agent has it
+	// off, or a token budget refuses the transcription.
+	answerDictationOff = answer{http.StatusBadRequest, "dictation_off", "dictation is not enabled on this chat", outcomeBadRequest}
+	answerTokensUser   = answer{http.StatusTooManyRequests, "token_budget_exhausted", "this visitor's token budget is used up", outcomeTokenBudgetExhausted}
+	answerTokensSite   = answer{http.StatusServiceUnavailable, "token_budget_exhausted", "the site's token budget is used up", outcomeTokenBudgetExhausted}
 )
 
 // limitRefusals is the answer each of the limiter's refusals gets: as JSON,
@@ -197,7 +204,7 @@ var failureRules = [failureCount]failureRule{
 	failNotFound: {
 		answer: answer{http.StatusBadGateway, "workflow_not_found", "the chat service is misconfigured", outcomeUpstreamError},
 		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: false},
-		level:  zapcore.ErrorLevel, log: "OpenAI does not know the workflow (or the agent's model or prompt): the key and the workflow belong to different projects, an id or model name is wrong, or Agent Builder has been retired",
+		level:  zapcore.ErrorLevel, log: "OpenAI does not know the workflow (or the agent's model, prompt or dictation model): the key and the workflow belong to different projects, an id or model name is wrong, or Agent Builder has been retired",
 		configError: true,
 	},
 	failRateLimited: {
@@ -214,7 +221,7 @@ var failureRules = [failureCount]failureRule{
 		breaker: breakerCounts, retry: retryUnlessRefused,
 	},
 	failRejected: {
-		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the session request", outcomeUpstreamError},
+		answer: answer{http.StatusBadGateway, "upstream_rejected", "the chat service refused the request", outcomeUpstreamError},
 		event:  agentStreamError{Code: agentErrorCodeStream, AllowRetry: false},
 		level:  zapcore.ErrorLevel, log: "OpenAI refused the request: check the chatkit options, or the agent's model and options (see openai_error_param)",
 	},

@@ -183,7 +183,7 @@ func (h *Handler) readRequestBody(x *exchange, limit int64) ([]byte, bool) {
 	}
 	switch {
 	case tooLarge:
-		x.refuse(answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(limit, 10) + " bytes"))
+		x.refuse(bodyTooLarge(limit))
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		x.refuseAndClose(answerBodyTimeout, 0)
 	case err != nil:
@@ -192,6 +192,11 @@ func (h *Handler) readRequestBody(x *exchange, limit int64) ([]byte, bool) {
 		return body, true
 	}
 	return nil, false
+}
+
+// bodyTooLarge is the answer to a body over limit bytes.
+func bodyTooLarge(limit int64) answer {
+	return answerTooLarge.withMessage("request body exceeds " + strconv.FormatInt(limit, 10) + " bytes")
 }
 
 // readBody reads at most limit bytes of a client's body; tooLarge reports

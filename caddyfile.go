@@ -160,6 +160,9 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //			token_budget user|site <tokens> <interval>
 //			idle_timeout <duration>
 //			openai_store on|off
+//			dictation on|off [<model>] {
+//				max_audio <size>
+//			}
 //		}
 //	}
 //
@@ -497,8 +500,47 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		var err error
 		a.OpenAIStore, err = onOff(d)
 		return err
+	case "dictation":
+		return a.parseDictation(d)
 	}
 	return d.Errf("unrecognized agent option %q", name)
+}
+
+// parseDictation parses `dictation on|off [<model>] { max_audio <size> }`.
+func (a *Agent) parseDictation(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	dict := new(AgentDictation)
+	switch args[0] {
+	case "on":
+		dict.Enabled = true
+	case "off":
+	default:
+		return d.Errf("dictation: expected on or off, got %q", args[0])
+	}
+	if len(args) == 2 {
+		dict.Model = args[1]
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("duplicate dictation option %q", name)
+		}
+		seen[name] = true
+		switch name {
+		case "max_audio":
+			if err := sizeArg(d, &dict.MaxAudio, checkDictationMaxAudio); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized dictation option %q", name)
+		}
+	}
+	a.Dictation = dict
+	return check(d, dict.validate())
 }
 
 func (h *Handler) workflow() *Workflow {

@@ -12,9 +12,11 @@ import (
 const (
 	operationCreate = "create_session"
 	operationCancel = "cancel_session"
-	// The agent's: a streamed answer, and the title model's call.
-	operationResponses = "responses"
-	operationTitle     = "title"
+	// The agent's: a streamed answer, the title model's call, and a
+	// dictation's transcription.
+	operationResponses     = "responses"
+	operationTitle         = "title"
+	operationTranscription = "transcription"
 )
 
 // Collectors are created once and registered with every config's registry

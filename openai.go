@@ -211,6 +211,12 @@ func (c *upstreamClient) postWithRetries(ctx context.Context, operation, target 
 	if body == nil {
 		header = c.noBodyHeader
 	}
+	return c.postRetrying(ctx, operation, target, header, body)
+}
+
+// postRetrying makes a POST that is not streamed, retrying as retrying
+// says within the context's deadline, and returns the answer's body.
+func (c *upstreamClient) postRetrying(ctx context.Context, operation, target string, header http.Header, body []byte) (upstreamCall, []byte, *upstreamError) {
 	var payload []byte
 	deadline, _ := ctx.Deadline()
 	call, uerr := c.retrying(ctx, operation, deadline, func() (int, string, *upstreamError) {
@@ -298,14 +304,16 @@ func (c *upstreamClient) openStream(ctx context.Context, deadline time.Time, bod
 // postResponses makes a Responses request that is not streamed
 // (`<api_base>/responses`) and returns its body.
 func (c *upstreamClient) postResponses(ctx context.Context, body []byte) (upstreamCall, []byte, *upstreamError) {
-	var payload []byte
-	deadline, _ := ctx.Deadline()
-	call, uerr := c.retrying(ctx, operationTitle, deadline, func() (int, string, *upstreamError) {
-		status, requestID, p, uerr := c.post(ctx, c.responsesURL, c.responsesHeader, body)
-		payload = p
-		return status, requestID, uerr
-	})
-	return call, payload, uerr
+	return c.postRetrying(ctx, operationTitle, c.responsesURL, c.responsesHeader, body)
+}
+
+// postTranscription posts a multipart form to
+// `<api_base>/audio/transcriptions` and returns the answer's body;
+// contentType is the form's, with its boundary.
+func (c *upstreamClient) postTranscription(ctx context.Context, contentType string, form []byte) (upstreamCall, []byte, *upstreamError) {
+	header := c.responsesHeader.Clone()
+	header["Content-Type"] = []string{contentType}
+	return c.postRetrying(ctx, operationTranscription, c.apiBase+"/audio/transcriptions", header, form)
 }
 
 // backoff is the full-jitter exponential delay before retry attempt+1.

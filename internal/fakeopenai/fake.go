@@ -1,6 +1,7 @@
 // Package fakeopenai is an in-process fake of OpenAI's ChatKit sessions API
-// (create and cancel) and of the Responses API (POST /v1/responses, streaming
-// or not), strict in the same places the real endpoints are strict, with
+// (create and cancel), of the Responses API (POST /v1/responses, streaming
+// or not) and of the transcription endpoint (POST /v1/audio/transcriptions),
+// strict in the same places the real endpoints are strict, with
 // injectable faults for exercising client error handling.
 package fakeopenai
 
@@ -73,6 +74,9 @@ type Request struct {
 	// Responses is, likewise, the parsed body of a POST /v1/responses whose
 	// body was valid, else nil.
 	Responses *ResponsesRequest
+	// Transcription is, likewise, the form of a POST
+	// /v1/audio/transcriptions whose form was valid, else nil.
+	Transcription *TranscriptionRequest
 	// Events lists the types of the SSE events a Responses stream sent, in
 	// order. A stream's Status is 200 once its headers went out, whether or
 	// not it then ended normally.
@@ -164,6 +168,9 @@ type Server struct {
 	storedResponses map[string]bool // ids a previous_response_id may name
 	clientsGone     int
 	goneChanged     chan struct{} // closed and replaced whenever clientsGone grows
+
+	transcriptionCount  int
+	transcriptionFaults []*queuedFault
 }
 
 // New starts a fake listening on a random port of 127.0.0.1. It panics if it
@@ -251,6 +258,8 @@ func (s *Server) Requests() []Request {
 			Responses:  r.Responses.clone(),
 			Events:     slices.Clone(r.Events),
 			ClientGone: r.ClientGone,
+
+			Transcription: r.Transcription.clone(),
 		}
 	}
 	return out
@@ -296,8 +305,8 @@ func (s *Server) Sessions() []Session {
 	return out
 }
 
-// Reset forgets recorded requests, sessions, queued faults and response
-// scripts, stored response ids and the client-gone count. The delay and the
+// Reset forgets recorded requests, sessions, queued faults (transcription
+// faults too) and response scripts, stored response ids and the client-gone count. The delay and the
 // event interval are configuration and are kept.
 func (s *Server) Reset() {
 	s.mu.Lock()
@@ -311,6 +320,8 @@ func (s *Server) Reset() {
 	s.scripts = nil
 	s.storedResponses = map[string]bool{}
 	s.clientsGone = 0
+	s.transcriptionCount = 0
+	s.transcriptionFaults = nil
 }
 
 // Inject queues a fault. Queued faults apply to the following create
@@ -495,6 +506,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	defer s.handlers.Done()
 
+	if r.URL.Path == transcriptionsPath {
+		// Its body is an audio file: larger than MaxBodyBytes, and a form.
+		s.serveTranscription(w, r)
+		return
+	}
 	body, readErr := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
 	rt, sessionID := classify(r.URL.Path)
 	if rt == routeResponses {
