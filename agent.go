@@ -137,6 +137,11 @@ type Agent struct {
 	// Dictation: the composer's microphone, transcribed by OpenAI (the
 	// audio is sent to OpenAI). Default: off.
 	Dictation *AgentDictation `json:"dictation,omitempty"`
+
+	// What `<path>/embed.js`, the one-script-tag embed, mounts: the domain
+	// key, the start screen, the theme and the launcher (see AgentEmbed).
+	// The script is served with or without it.
+	Embed *AgentEmbed `json:"embed,omitempty"`
 }
 
 // AgentPrompt names an OpenAI dashboard prompt.
@@ -202,6 +207,10 @@ type agentRuntime struct {
 	userBudget, siteBudget *tokenLimit
 
 	dictation *agentDictation // nil when off
+
+	// subPaths are the paths answered below path (agentSubPaths).
+	subPaths []agentSubPath
+	embed    embedScript
 
 	store    *agentStoreHandle
 	storeKey string
@@ -281,6 +290,7 @@ func (a *Agent) validate() error {
 		{a.TokenBudget != nil && a.TokenBudget.User != nil, func() error { return checkTokenBudget("user", a.TokenBudget.User) }},
 		{a.TokenBudget != nil && a.TokenBudget.Site != nil, func() error { return checkTokenBudget("site", a.TokenBudget.Site) }},
 		{a.Dictation != nil, func() error { return a.Dictation.validate() }},
+		{a.Embed != nil, func() error { return a.Embed.validate() }},
 	} {
 		if rule.set {
 			if err := rule.err(); err != nil {
@@ -300,8 +310,40 @@ func (a *Agent) validate() error {
 	return nil
 }
 
-// checkAgentPathFree refuses an agent path that another endpoint of the
-// handler already answers.
+// agentSubPath is a path the agent answers below its own, matched exactly
+// on the path as the request arrived.
+type agentSubPath struct {
+	path     string
+	endpoint endpoint
+	name     string // for messages
+}
+
+// agentSubPaths lists the paths the agent at agentPath answers below it.
+// Routing and the rule that they shadow no other endpoint
+// (checkAgentPathFree) both read this list: a feature with a path of its
+// own under the agent adds it here.
+func agentSubPaths(agentPath string) []agentSubPath {
+	base := strings.TrimSuffix(agentPath, "/")
+	return []agentSubPath{
+		{path: base + embedScriptName, endpoint: endpointEmbed, name: "embed.js"},
+	}
+}
+
+// routeAgent names the agent endpoint at path, or endpointNone.
+func (a *agentRuntime) routeAgent(path string) endpoint {
+	if path == a.path {
+		return endpointAgent
+	}
+	for _, sp := range a.subPaths {
+		if path == sp.path {
+			return sp.endpoint
+		}
+	}
+	return endpointNone
+}
+
+// checkAgentPathFree refuses an agent path, or a path the agent answers
+// below it, that another endpoint of the handler already answers.
 func (h *Handler) checkAgentPathFree() error {
 	p := cmp.Or(h.Agent.Path, defaultAgentPath)
 	others := []string{cmp.Or(h.HealthPath, defaultHealthPath)}
@@ -310,6 +352,11 @@ func (h *Handler) checkAgentPathFree() error {
 	}
 	if slices.Contains(others, p) {
 		return refuse("agent", "the agent path %q is already the start, refresh or health path", p)
+	}
+	for _, sp := range agentSubPaths(p) {
+		if slices.Contains(others, sp.path) {
+			return refuse("agent", "the agent's %s path %q is also the start, refresh or health path; give that endpoint or the agent another path", sp.name, sp.path)
+		}
 	}
 	return nil
 }
@@ -363,6 +410,13 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		return err
 	}
 	a.dictation = dictation
+
+	a.subPaths = agentSubPaths(a.path)
+	embed, err := newEmbedScript(cfg, a.path, repl)
+	if err != nil {
+		return err
+	}
+	a.embed = embed
 
 	if b := cfg.TokenBudget; b != nil {
 		if b.User != nil {

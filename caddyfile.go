@@ -163,6 +163,15 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //			dictation on|off [<model>] {
 //				max_audio <size>
 //			}
+//
+//			domain_key <key>
+//			greeting <text>
+//			suggestion <label> <prompt>
+//			placeholder <text>
+//			theme light|dark|auto
+//			accent <color> [<level 0-3>]
+//			launcher on|off
+//			script_url <url>|<path>
 //		}
 //	}
 //
@@ -177,7 +186,10 @@ func tokenErr(tok caddyfile.Token, err error) error {
 // `identity_header` and `max_upload`. In the `agent` block `model` is
 // required unless `prompt` is given, `instructions` and
 // `instructions_file` exclude each other, `token_budget` may appear once
-// per scope and every other option once. A block with `protect`
+// per scope, `suggestion` may be repeated (the prompts keep their order)
+// and every other option may appear once. `domain_key` to `script_url`
+// configure `<agent path>/embed.js`, the script that mounts the chat on a
+// page from one tag. A block with `protect`
 // takes no matcher: the requests a matcher skips would reach the backend
 // with the client's own identity header. `state_variable`,
 // `allow_origins` and `protect` may be repeated; every other subdirective
@@ -400,7 +412,7 @@ func (h *Handler) parseAgent(d *caddyfile.Dispenser) error {
 	lines := make(map[string]caddyfile.Token)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if _, dup := lines[name]; dup && name != "token_budget" {
+		if _, dup := lines[name]; dup && !agentOptionRepeatable(name) {
 			return d.Errf("duplicate agent option %q", name)
 		}
 		lines[name] = d.Token()
@@ -416,6 +428,16 @@ func (h *Handler) parseAgent(d *caddyfile.Dispenser) error {
 		return tokenErr(at, err)
 	}
 	return nil
+}
+
+// agentOptionRepeatable reports whether an agent option may appear more
+// than once.
+func agentOptionRepeatable(name string) bool {
+	if name == "token_budget" {
+		return true // once per scope, checked in parseOption
+	}
+	_, repeatable := embedOption(name)
+	return repeatable
 }
 
 // parseOption parses one option of the agent block and checks its value.
@@ -502,6 +524,9 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		return err
 	case "dictation":
 		return a.parseDictation(d)
+	}
+	if known, _ := embedOption(name); known {
+		return a.parseEmbedOption(d, name)
 	}
 	return d.Errf("unrecognized agent option %q", name)
 }

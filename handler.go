@@ -37,6 +37,7 @@ const (
 	endpointHealth
 	endpointProtected
 	endpointAgent
+	endpointEmbed
 )
 
 func (e endpoint) String() string {
@@ -51,6 +52,8 @@ func (e endpoint) String() string {
 		return "protect"
 	case endpointAgent:
 		return "agent"
+	case endpointEmbed:
+		return "embed"
 	}
 	return "none"
 }
@@ -136,6 +139,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		err = h.serveProtected(x, next)
 	case endpointAgent:
 		h.serveAgent(x)
+	case endpointEmbed:
+		h.serveEmbed(x)
 	default:
 		h.serveMint(x)
 	}
@@ -155,26 +160,21 @@ func arrivedPath(r *http.Request) string {
 	return r.URL.Path
 }
 
-// route names the module endpoint at path (as the request arrived).
+// route names the module endpoint at path (as the request arrived). The
+// exact paths of start, refresh and health come first: no path of the
+// agent's may take theirs (checkAgentPathFree refuses such a config too).
 func (h *Handler) route(path string) endpoint {
-	if h.agent != nil && path == h.agent.path {
-		return endpointAgent
-	}
-	if !h.minting {
-		if path != "" && path == h.healthPath {
-			return endpointHealth
-		}
+	switch {
+	case path == "":
 		return endpointNone
-	}
-	switch path {
-	case h.startPath:
+	case h.minting && path == h.startPath:
 		return endpointStart
-	case h.refreshPath:
+	case h.minting && path == h.refreshPath:
 		return endpointRefresh
-	case "":
-		return endpointNone
-	case h.healthPath:
+	case path == h.healthPath:
 		return endpointHealth
+	case h.agent != nil:
+		return h.agent.routeAgent(path)
 	}
 	return endpointNone
 }
