@@ -76,7 +76,9 @@ var agentReasoningEfforts = []string{"minimal", "low", "medium", "high"}
 // embedded database and answers come from OpenAI's Responses API. The
 // block's `api_key`, `api_base`, `timeout`, `retries`, `circuit_breaker`,
 // `user`, cookie, `allow_origins`, `rate_limit`, `budget` and `max_body`
-// apply to it as to the other endpoints.
+// apply to it as to the other endpoints. Below its path it also serves
+// `embed.js`, which mounts the web component on a page from one script tag
+// (see AgentEmbed).
 type Agent struct {
 	// The one ChatKit endpoint, matched exactly on the path as the request
 	// arrived. Default: `/api/chatkit`.

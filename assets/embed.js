@@ -157,7 +157,8 @@
       button.setAttribute('aria-label', open ? 'Close chat' : 'Open chat');
       if (!open) return;
       const el = state.element || mount(panel);
-      if (typeof el.focusComposer === 'function') el.focusComposer().catch(() => {});
+      // focusComposer returns a promise; it may fail while the frame loads.
+      if (typeof el.focusComposer === 'function') Promise.resolve().then(() => el.focusComposer()).catch(() => {});
     };
     button.addEventListener('click', () => show(!state.open));
     document.addEventListener('keydown', (event) => {
