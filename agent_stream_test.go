@@ -469,6 +469,10 @@ func TestAgentReloadKeepsRunningStream(t *testing.T) {
 	startAgent(t, fake, site.db, "", "history 10")
 
 	frames = append(frames, readFrames(t, rd, func(f agentFrame) bool { return f.Type == "thread.updated" })...)
+	// The stream's connection belongs to the old config's server, which
+	// closes it once the stream ends; a browser would open a new one.
+	resp.Body.Close()
+	browser.CloseIdleConnections()
 	var th string
 	for _, f := range frames {
 		if f.Type == "thread.created" {
