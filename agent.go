@@ -144,6 +144,20 @@ type Agent struct {
 	// key, the start screen, the theme and the launcher (see AgentEmbed).
 	// The script is served with or without it.
 	Embed *AgentEmbed `json:"embed,omitempty"`
+
+	// Function tools that Caddy itself runs when the model asks: each
+	// calls a URL of a host its template names (see AgentHTTPTool).
+	HTTPTools []*AgentHTTPTool `json:"http_tools,omitempty"`
+
+	// The wordpress_search preset: a function tool over the site's own
+	// WordPress search (see AgentWordPressSearch).
+	WordPressSearch *AgentWordPressSearch `json:"wordpress_search,omitempty"`
+
+	// How many tool calls Caddy runs in one turn, all rounds together
+	// (not OpenAI's max_tool_calls, which counts hosted tool calls in one
+	// response). At the bound the model is asked once more, without tools,
+	// for its answer. 1 to 100; only with function tools. Default: 5.
+	MaxToolCalls int `json:"max_tool_calls,omitempty"`
 }
 
 // AgentPrompt names an OpenAI dashboard prompt.
@@ -205,6 +219,9 @@ type agentRuntime struct {
 	bodyHead []byte
 	// sidKey is the HMAC key for safety_identifier.
 	sidKey []byte
+	// tools are the function tools Caddy runs; nil when there are none.
+	tools       *agentToolbox
+	openAIStore bool
 
 	userBudget, siteBudget *tokenLimit
 
@@ -299,6 +316,9 @@ func (a *Agent) validate() error {
 				return err
 			}
 		}
+	}
+	if err := a.validateFunctionTools(); err != nil {
+		return err
 	}
 	if a.Prompt != nil && a.Prompt.ID == "" {
 		return refuse("prompt", "agent prompt needs an id")
@@ -406,6 +426,12 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort)
 
 	a.sidKey = agentSafetyKey(h.apiKey)
+	a.openAIStore = cfg.OpenAIStore
+	tools, err := newAgentToolbox(cfg, repl)
+	if err != nil {
+		return err
+	}
+	a.tools = tools
 
 	dictation, err := newAgentDictation(cfg.Dictation, func(s string) string { return repl.ReplaceAll(s, "") })
 	if err != nil {
@@ -494,6 +520,7 @@ func (h *Handler) cleanupAgent() {
 		return
 	}
 	a.released = true
+	a.tools.close()
 	if a.store != nil {
 		_, _ = agentStores.Delete(a.storeKey)
 	}

@@ -66,6 +66,14 @@ type agentTurn struct {
 	cancel context.CancelCauseFunc
 	// failed is set once a store error ended the turn (already reported).
 	failed bool
+
+	// What the turn's model rounds reported, logged once at its end.
+	usage                 agentUsage
+	hasUsage              bool
+	responseID            string
+	turnEnd               agentOutcomeKind
+	cut                   agentCut
+	rounds, toolCallsDone int
 }
 
 // setAgentStreamHeaders sets what every event stream carries: the type,
@@ -265,7 +273,7 @@ func (t *agentTurn) run() {
 	if t.thread.Title == "" && !agentHasAnswer(history) {
 		title = newAgentTitleSource(agentFirstUserText(history), t.a.titleModel != "")
 	}
-	answered := t.callModel(t.requestBody(history))
+	answered := t.callModel(history)
 	if title.fallback != "" && !t.failed {
 		// Titled even when the first answer was stopped or failed: the
 		// next turn is no longer the first and would never title it. The
@@ -469,30 +477,108 @@ func (t *agentTurn) fail(e *upstreamError) {
 	t.flush()
 }
 
-// requestBody is the Responses request for this turn: the fixed head, the
-// history and the safety identifier.
-func (t *agentTurn) requestBody(history []threadstore.Item) []byte {
+// requestBody is the Responses request for one round of this turn: the
+// fixed head, the history, the items earlier rounds of the turn produced
+// (turnItems: output items and function call outputs, comma-separated),
+// the function tools (tool_choice none when final) and the safety
+// identifier.
+func (t *agentTurn) requestBody(history []threadstore.Item, turnItems []byte, final bool) []byte {
 	items := make([]json.RawMessage, len(history))
-	size := len(t.a.bodyHead) + 128
+	size := len(t.a.bodyHead) + len(turnItems) + 128
 	for i := range history {
 		items[i] = history[i].Data
 		size += len(history[i].Data)
 	}
+	if t.a.tools != nil {
+		size += len(t.a.tools.defs) + 96
+	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, t.a.bodyHead...)
 	buf, skipped := appendAgentHistory(buf, items, t.a.history)
-	if skipped > 0 {
+	if skipped > 0 && len(turnItems) == 0 {
 		t.h.logger.Warn("some stored thread items could not be read into the model's history",
 			zap.String("request_id", t.x.requestID), zap.String("thread_id", t.thread.ID), zap.Int("skipped", skipped))
 	}
+	if len(turnItems) > 0 {
+		buf = buf[:len(buf)-1] // the history's closing bracket
+		if buf[len(buf)-1] != '[' {
+			buf = append(buf, ',')
+		}
+		buf = append(append(buf, turnItems...), ']')
+	}
+	buf = t.a.tools.appendRequestTail(buf, final, !t.a.openAIStore && t.a.reasoningEffort != "")
 	buf = append(buf, `,"safety_identifier":`...)
 	buf = appendAgentString(buf, t.a.safetyIdentifier(t.owner))
 	return append(buf, '}')
 }
 
-// callModel sends body to the model and streams its answer; it reports
+// callModel runs the model for this turn, in rounds. While the model asks
+// for function tools Caddy runs, and the turn's max_tool_calls allows,
+// Caddy runs every call of the batch and asks again with their outputs.
+// OpenAI keeps nothing with store false (no previous_response_id), so
+// every round resends the turn's output items (calls, their reasoning with
+// its encrypted content, messages) and the outputs; none of them is saved
+// in the thread, so a later turn's history never holds a call without its
+// output (the answer says what the tools gave). At the bound one more
+// round with tool_choice none gives the visitor an answer. Each round is
+// one model run for the token budget and the idle timeout. It reports
 // whether the model completed an answer.
-func (t *agentTurn) callModel(body []byte) bool {
+func (t *agentTurn) callModel(history []threadstore.Item) bool {
+	defer t.logTurn()
+	tools := t.a.tools
+	var turnItems []byte
+	for {
+		final := tools == nil || t.toolCallsDone >= tools.maxCalls
+		var round *agentRoundItems
+		if !final {
+			round = &agentRoundItems{keepReasoning: t.a.openAIStore || t.a.reasoningEffort != ""}
+		}
+		ok := t.streamRound(t.requestBody(history, turnItems, final), round)
+		t.probe = false // only the turn's first call can be the breaker's probe
+		if !ok || round == nil || len(round.calls) == 0 || t.gone {
+			return ok
+		}
+		turnItems = t.runTools(round, turnItems)
+		if t.gone {
+			return false
+		}
+	}
+}
+
+// runTools runs one round's calls, showing each while it runs, and returns
+// turnItems with the round's output items and the calls' outputs added.
+func (t *agentTurn) runTools(round *agentRoundItems, turnItems []byte) []byte {
+	tools := t.a.tools
+	r := t.x.r
+	site := agentToolSite{scheme: browserScheme(r), host: siteHost(r)}
+	for i := range round.calls {
+		icon := ""
+		if tools.tools[round.calls[i].Name] != nil && tools.tools[round.calls[i].Name].wordpress != nil {
+			icon = "search"
+		}
+		t.frames.progress(icon, tools.progressText(&round.calls[i], site))
+	}
+	t.flush()
+	allowed := tools.maxCalls - t.toolCallsDone
+	outputs := tools.runBatch(r.Context(), round.calls, allowed, site)
+	t.toolCallsDone += min(len(round.calls), allowed)
+	for _, item := range round.items {
+		if len(turnItems) > 0 {
+			turnItems = append(turnItems, ',')
+		}
+		turnItems = append(turnItems, item...)
+	}
+	for i := range round.calls {
+		turnItems = append(turnItems, ',')
+		turnItems = appendAgentCallOutput(turnItems, round.calls[i].CallID, outputs[i])
+	}
+	return turnItems
+}
+
+// streamRound sends body to the model and streams its answer; it reports
+// whether the model completed an answer. With round set, the output items
+// a next round needs are kept in it.
+func (t *agentTurn) streamRound(body []byte, round *agentRoundItems) bool {
 	h, x, a := t.h, t.x, t.a
 
 	// The browser leaving cancels everything at once; the timers cancel with
@@ -542,6 +628,9 @@ func (t *agentTurn) callModel(body []byte) bool {
 			break
 		}
 		conv.Feed(&ev)
+		if round != nil {
+			round.capture(&ev, data)
+		}
 		t.persist(conv.Done())
 	}
 	if idle != nil {
@@ -632,17 +721,34 @@ func agentOutcomeFailure(o *agentOutcome) *upstreamError {
 }
 
 // recordUsage counts what the run cost against the token budgets and in
-// the metrics.
+// the metrics; the turn's log line sums its rounds (logTurn).
 func (t *agentTurn) recordUsage(conv *agentConverter, o *agentOutcome) {
+	t.rounds++
+	t.responseID, t.turnEnd, t.cut = conv.ResponseID(), o.Kind, o.Cut
 	u, ok := conv.Usage()
-	t.x.logFields = append(t.x.logFields,
-		zap.String("openai_response_id", conv.ResponseID()),
-		zap.String("turn_end", o.Kind.String()), zap.String("cut", o.Cut.String()))
 	if !ok {
 		return
 	}
 	t.chargeTokens(u)
-	t.x.logFields = append(t.x.logFields, zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens))
+	t.hasUsage = true
+	t.usage.InputTokens += u.InputTokens
+	t.usage.OutputTokens += u.OutputTokens
+}
+
+// logTurn adds what the model rounds reported to the request's log line.
+func (t *agentTurn) logTurn() {
+	if t.rounds == 0 {
+		return
+	}
+	t.x.logFields = append(t.x.logFields,
+		zap.String("openai_response_id", t.responseID),
+		zap.String("turn_end", t.turnEnd.String()), zap.String("cut", t.cut.String()))
+	if t.a.tools != nil {
+		t.x.logFields = append(t.x.logFields, zap.Int("model_rounds", t.rounds), zap.Int("tool_calls", t.toolCallsDone))
+	}
+	if t.hasUsage {
+		t.x.logFields = append(t.x.logFields, zap.Int64("input_tokens", t.usage.InputTokens), zap.Int64("output_tokens", t.usage.OutputTokens))
+	}
 }
 
 func (t *agentTurn) chargeTokens(u agentUsage) { t.h.chargeAgentTokens(t.owner, u) }

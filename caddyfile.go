@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -163,6 +165,16 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //			dictation on|off [<model>] {
 //				max_audio <size>
 //			}
+//			http_tool <name> <url template> {
+//				description <text>
+//				param <name> <description>
+//				method GET|POST
+//				header <name> <value>
+//				max_response <size>
+//				timeout <duration>
+//			}
+//			wordpress_search [<site url>]
+//			max_tool_calls <n>
 //
 //			domain_key <key>
 //			greeting <text>
@@ -186,10 +198,11 @@ func tokenErr(tok caddyfile.Token, err error) error {
 // `identity_header` and `max_upload`. In the `agent` block `model` is
 // required unless `prompt` is given, `instructions` and
 // `instructions_file` exclude each other, `token_budget` may appear once
-// per scope, `suggestion` may be repeated (the prompts keep their order)
-// and every other option may appear once. `domain_key` to `script_url`
-// configure `<agent path>/embed.js`, the script that mounts the chat on a
-// page from one tag. A block with `protect`
+// per scope, `suggestion` may be repeated (the prompts keep their order),
+// `http_tool` once per name (`param` and `header` repeated in its block,
+// each name once) and every other option may appear once. `domain_key`
+// to `script_url` configure `<agent path>/embed.js`, the script that
+// mounts the chat on a page from one tag. A block with `protect`
 // takes no matcher: the requests a matcher skips would reach the backend
 // with the client's own identity header. `state_variable`,
 // `allow_origins` and `protect` may be repeated; every other subdirective
@@ -433,8 +446,8 @@ func (h *Handler) parseAgent(d *caddyfile.Dispenser) error {
 // agentOptionRepeatable reports whether an agent option may appear more
 // than once.
 func agentOptionRepeatable(name string) bool {
-	if name == "token_budget" {
-		return true // once per scope, checked in parseOption
+	if name == "token_budget" || name == "http_tool" {
+		return true // once per scope or name, checked in parseOption
 	}
 	_, repeatable := embedOption(name)
 	return repeatable
@@ -524,6 +537,21 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		return err
 	case "dictation":
 		return a.parseDictation(d)
+	case "http_tool":
+		return a.parseHTTPTool(d)
+	case "wordpress_search":
+		args := d.RemainingArgs()
+		if len(args) > 1 {
+			return d.ArgErr()
+		}
+		a.WordPressSearch = new(AgentWordPressSearch)
+		if len(args) == 1 {
+			a.WordPressSearch.Site = args[0]
+			return check(d, checkAgentWordPressSite(args[0]))
+		}
+		return nil
+	case "max_tool_calls":
+		return intArg(d, &a.MaxToolCalls, checkAgentMaxToolCalls)
 	}
 	if known, _ := embedOption(name); known {
 		return a.parseEmbedOption(d, name)
@@ -566,6 +594,89 @@ func (a *Agent) parseDictation(d *caddyfile.Dispenser) error {
 	}
 	a.Dictation = dict
 	return check(d, dict.validate())
+}
+
+// parseHTTPTool parses one http_tool and its block.
+func (a *Agent) parseHTTPTool(d *caddyfile.Dispenser) error {
+	at := d.Token()
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return d.ArgErr()
+	}
+	t := &AgentHTTPTool{Name: args[0], URL: args[1]}
+	if err := checkAgentToolName("http_tool", t.Name); err != nil {
+		return d.WrapErr(err)
+	}
+	for _, other := range a.HTTPTools {
+		if other.Name == t.Name {
+			return d.Errf("duplicate http_tool %q", t.Name)
+		}
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] && opt != "param" && opt != "header" {
+			return d.Errf("duplicate http_tool option %q", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "description":
+			if err := singleArg(d, &t.Description); err != nil {
+				return err
+			}
+		case "param":
+			pa := d.RemainingArgs()
+			if len(pa) < 1 || len(pa) > 2 {
+				return d.ArgErr()
+			}
+			p := AgentToolParam{Name: pa[0]}
+			if len(pa) == 2 {
+				p.Description = pa[1]
+			}
+			if slices.ContainsFunc(t.Params, func(q AgentToolParam) bool { return q.Name == p.Name }) {
+				return d.Errf("duplicate http_tool param %q", p.Name)
+			}
+			t.Params = append(t.Params, p)
+		case "method":
+			if err := singleArg(d, &t.Method); err != nil {
+				return err
+			}
+			if err := check(d, checkAgentToolMethod(t.Method)); err != nil {
+				return err
+			}
+		case "header":
+			ha := d.RemainingArgs()
+			if len(ha) != 2 {
+				return d.ArgErr()
+			}
+			if err := check(d, checkAgentToolHeader(ha[0])); err != nil {
+				return err
+			}
+			if t.Headers == nil {
+				t.Headers = make(map[string]string)
+			}
+			key := http.CanonicalHeaderKey(ha[0])
+			if _, dup := t.Headers[key]; dup {
+				return d.Errf("duplicate http_tool header %q", ha[0])
+			}
+			t.Headers[key] = ha[1]
+		case "max_response":
+			if err := sizeArg(d, &t.MaxResponse, checkAgentToolMaxResponse); err != nil {
+				return err
+			}
+		case "timeout":
+			if err := durationArg(d, &t.Timeout, checkAgentToolTimeout); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized http_tool option %q", opt)
+		}
+	}
+	if err := checkAgentHTTPTool(t); err != nil {
+		return tokenErr(at, err)
+	}
+	a.HTTPTools = append(a.HTTPTools, t)
+	return nil
 }
 
 func (h *Handler) workflow() *Workflow {

@@ -171,6 +171,10 @@ type Server struct {
 
 	transcriptionCount  int
 	transcriptionFaults []*queuedFault
+
+	// reasoningOf maps the id of a call made by a reasoning item of an
+	// unstored response to that item's id.
+	reasoningOf map[string]string
 }
 
 // New starts a fake listening on a random port of 127.0.0.1. It panics if it
@@ -319,6 +323,7 @@ func (s *Server) Reset() {
 	s.responsesCount = 0
 	s.scripts = nil
 	s.storedResponses = map[string]bool{}
+	s.reasoningOf = nil
 	s.clientsGone = 0
 	s.transcriptionCount = 0
 	s.transcriptionFaults = nil

@@ -89,6 +89,15 @@ type ResponseScript struct {
 	// HugeBytes is the size of the StreamFaultHugeDelta delta; default
 	// HugeDeltaBytes.
 	HugeBytes int
+	// FunctionCalls are function_call output items the response makes,
+	// after the message; without Text there is no message. Calls the
+	// request does not allow (see FunctionCall) are left out.
+	FunctionCalls []FunctionCall
+	// Reasoning puts a reasoning item (rs_…, empty summary) before the
+	// calls of a response with FunctionCalls and no Text, as reasoning
+	// models answer; its encrypted_content is set when the request's
+	// include asks for reasoning.encrypted_content.
+	Reasoning bool
 }
 
 type queuedScript struct {
@@ -280,6 +289,14 @@ func (s *Server) serveResponses(w http.ResponseWriter, r *http.Request, body []b
 		resp.error(err)
 		return
 	}
+	if err := checkToolCallPairs(req); err != nil {
+		resp.error(err)
+		return
+	}
+	if err := s.checkReasoningItems(req); err != nil {
+		resp.error(err)
+		return
+	}
 
 	a := s.plan(req, script, defaultText)
 	if req.Stream {
@@ -353,6 +370,9 @@ type answer struct {
 	after      int
 	errCode    string
 	errMessage string
+	calls      []functionCallItem
+	noMessage  bool // only function calls
+	reasoning  *reasoningItem
 }
 
 func tokens(runes int) int { return (runes + 3) / 4 }
@@ -377,6 +397,11 @@ func (s *Server) plan(req *ResponsesRequest, rs *ResponseScript, defaultText str
 		a.errMessage = "The server had an error while processing your request. Sorry about that!"
 	}
 
+	a.calls = planCalls(req, rs.FunctionCalls)
+	a.noMessage = len(a.calls) > 0 && rs.Text == ""
+	if a.noMessage && rs.Reasoning {
+		a.reasoning = newReasoningItem(req)
+	}
 	text := rs.Text
 	if text == "" {
 		text = defaultText
@@ -384,11 +409,15 @@ func (s *Server) plan(req *ResponsesRequest, rs *ResponseScript, defaultText str
 	if text == "" {
 		text = "You said: " + lastUserText(req)
 	}
-	outTokens := tokens(utf8.RuneCountInString(text))
+	if a.noMessage {
+		text = ""
+	}
+	outTokens := tokens(utf8.RuneCountInString(text) + callsRunes(a.calls))
 	if m := req.MaxOutputTokens; m != nil && outTokens > *m {
 		text = string([]rune(text)[:*m*4])
 		outTokens = *m
 		a.incomplete = true
+		a.calls = nil // cut before the calls
 	}
 	if rs.Deltas > 0 {
 		a.deltas = splitEven(text, rs.Deltas)
@@ -491,7 +520,7 @@ type responseObject struct {
 	MaxOutputTokens      *int               `json:"max_output_tokens"`
 	MaxToolCalls         any                `json:"max_tool_calls"`
 	Model                string             `json:"model"`
-	Output               []messageItem      `json:"output"`
+	Output               []any              `json:"output"`
 	ParallelToolCalls    any                `json:"parallel_tool_calls"`
 	PreviousResponseID   *string            `json:"previous_response_id"`
 	Prompt               *promptObject      `json:"prompt,omitempty"`
@@ -573,7 +602,7 @@ func rawOr(m map[string]any, key string, def any) any {
 }
 
 // response builds the response object in the given status, with output.
-func (a *answer) response(status string, output []messageItem) *responseObject {
+func (a *answer) response(status string, output []any) *responseObject {
 	req := a.req
 	ro := &responseObject{
 		ID:                   a.respID,
@@ -622,7 +651,7 @@ func (a *answer) response(status string, output []messageItem) *responseObject {
 		ro.Reasoning = reasoningObject{Effort: r.Effort, Summary: r.Summary}
 	}
 	if output == nil {
-		ro.Output = []messageItem{}
+		ro.Output = []any{}
 	}
 	switch status {
 	case "completed", "incomplete":
@@ -691,7 +720,7 @@ func (s *Server) answerJSON(ctx context.Context, resp *responder, a *answer) {
 	}
 	status := a.finalStatus()
 	s.remember(a)
-	resp.json(200, a.response(status, []messageItem{a.message(status, a.text)}))
+	resp.json(200, a.response(status, a.output(a.message(status, a.text))))
 }
 
 // Stream events. Every payload starts with type and sequence_number.
@@ -816,8 +845,27 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 	e := &sseStream{s: s, ctx: ctx, w: w, rc: http.NewResponseController(w), rec: rec, interval: interval}
 
 	if !e.send("response.created", &responseEvent{Response: a.response("in_progress", nil)}, interval) ||
-		!e.send("response.in_progress", &responseEvent{Response: a.response("in_progress", nil)}, interval) ||
-		!e.send("response.output_item.added", &outputItemEvent{Item: a.message("in_progress", "")}, interval) ||
+		!e.send("response.in_progress", &responseEvent{Response: a.response("in_progress", nil)}, interval) {
+		return
+	}
+	obfuscate := a.req.IncludeObfuscation == nil || *a.req.IncludeObfuscation
+	if a.noMessage {
+		first := 0
+		if a.reasoning != nil {
+			if !e.streamReasoning(a.reasoning) {
+				return
+			}
+			first = 1
+		}
+		if !e.streamCalls(a, first, obfuscate) {
+			return
+		}
+		s.remember(a)
+		s.rememberReasoning(a)
+		e.send("response.completed", &responseEvent{Response: a.response("completed", a.output())}, interval)
+		return
+	}
+	if !e.send("response.output_item.added", &outputItemEvent{Item: a.message("in_progress", "")}, interval) ||
 		!e.send("response.content_part.added", &contentPartEvent{ItemID: a.msgID, Part: newOutputText("")}, interval) {
 		return
 	}
@@ -825,7 +873,6 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 	if a.deltaDelay > 0 {
 		deltaWait = a.deltaDelay
 	}
-	obfuscate := a.req.IncludeObfuscation == nil || *a.req.IncludeObfuscation
 	var sent strings.Builder
 	for i := 0; ; i++ {
 		if a.fault != StreamFaultNone && i == min(a.after, len(a.deltas)) {
@@ -852,8 +899,11 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 		!e.send("response.output_item.done", &outputItemEvent{Item: item}, interval) {
 		return
 	}
+	if status == "completed" && !e.streamCalls(a, 1, obfuscate) {
+		return
+	}
 	s.remember(a)
-	e.send("response."+status, &responseEvent{Response: a.response(status, []messageItem{item})}, interval)
+	e.send("response."+status, &responseEvent{Response: a.response(status, a.output(item))}, interval)
 }
 
 // streamFault ends a stream the way a.fault says, sent being the text
@@ -861,7 +911,7 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 func (s *Server) streamFault(e *sseStream, a *answer, sent string) {
 	switch a.fault {
 	case StreamFaultFailed:
-		partial := []messageItem{a.message("incomplete", sent)}
+		partial := []any{a.message("incomplete", sent)}
 		e.send("response.failed", &responseEvent{Response: a.response("failed", partial)}, e.interval)
 	case StreamFaultErrorEvent:
 		code := a.errCode

@@ -678,6 +678,9 @@ func parseTools(root map[string]any, _ *ResponsesRequest) *apiError {
 				return err
 			}
 		}
+		if err := checkFunctionTool(to, p); err != nil {
+			return err
+		}
 	}
 	return nil
 }

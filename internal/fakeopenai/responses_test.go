@@ -424,6 +424,7 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 			{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "why"}], "encrypted_content": "e"},
 			{"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}", "status": "completed"},
 			{"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": "42"}], "caller": {"type": "direct"}},
+			{"type": "function_call", "call_id": "call_2", "name": "f", "arguments": "{}"},
 			{"type": "function_call_output", "call_id": "call_2", "output": "43"},
 			{"type": "item_reference", "id": "msg_0"},
 			{"id": "msg_00"},
@@ -432,7 +433,7 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 		],
 		"max_output_tokens": 512, "safety_identifier": "s1",
 		"reasoning": {"effort": "minimal", "summary": "auto", "context": "auto", "mode": "standard"},
-		"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": true, "description": "d"},
+		"tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}, "required": [], "additionalProperties": false}, "strict": true, "description": "d"},
 		          {"type": "web_search"}],
 		"tool_choice": {"type": "function", "name": "f"}, "parallel_tool_calls": false,
 		"text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true}, "verbosity": "low"},
@@ -461,9 +462,9 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 		t.Errorf("text %v", r["text"])
 	}
 	lr := s.LastResponses()
-	if len(lr.Input) != 12 || lr.Input[2].Text != "look" || len(lr.Input[2].Content) != 3 ||
+	if len(lr.Input) != 13 || lr.Input[2].Text != "look" || len(lr.Input[2].Content) != 3 ||
 		lr.Input[3].Text != "t\nno" || lr.Input[5].CallID != "call_1" || lr.Input[6].Text != "42" ||
-		lr.Input[8].Type != "item_reference" || lr.Input[9].Type != "item_reference" || lr.Input[4].Text != "why" ||
+		lr.Input[9].Type != "item_reference" || lr.Input[10].Type != "item_reference" || lr.Input[4].Text != "why" ||
 		*lr.Reasoning.Effort != "minimal" || lr.Metadata["k"] != "v" || *lr.SafetyIdentifier != "s1" {
 		t.Errorf("parsed input %+v", lr.Input)
 	}
