@@ -155,8 +155,9 @@ type Agent struct {
 
 	// How many tool calls Caddy runs in one turn, all rounds together
 	// (not OpenAI's max_tool_calls, which counts hosted tool calls in one
-	// response). At the bound the model is asked once more, without tools,
-	// for its answer. 1 to 100; only with function tools. Default: 5.
+	// response). At the bound the model is asked once more, with
+	// tool_choice none, for its answer. 1 to 100; only with function tools.
+	// Default: 5.
 	MaxToolCalls int `json:"max_tool_calls,omitempty"`
 }
 

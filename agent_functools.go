@@ -314,7 +314,6 @@ type agentToolbox struct {
 
 // agentFunctionTool is one tool Caddy runs.
 type agentFunctionTool struct {
-	name        string
 	http        *agentHTTPToolRuntime
 	wordpress   *agentWordPressRuntime
 	progress    string // the progress text; "" for wordpress (it names the host)
@@ -377,7 +376,7 @@ func newAgentToolbox(cfg *Agent, repl *caddy.Replacer) (*agentToolbox, error) {
 			progress = agentShorten(strings.TrimRight(d, "."), agentToolProgressLength) + "…"
 		}
 		ft := &agentFunctionTool{
-			name: t.Name, http: rt, progress: progress,
+			http: rt, progress: progress,
 			timeout:     time.Duration(t.Timeout),
 			maxResponse: int(t.MaxResponse),
 		}
@@ -393,7 +392,7 @@ func newAgentToolbox(cfg *Agent, repl *caddy.Replacer) (*agentToolbox, error) {
 			}
 			rt.site = site
 		}
-		tb.tools[agentWordPressName] = &agentFunctionTool{name: agentWordPressName, wordpress: rt}
+		tb.tools[agentWordPressName] = &agentFunctionTool{wordpress: rt}
 		addDef(agentWordPressName,
 			"Search this website's own posts and pages (a WordPress site) and read the best matches. Use it to answer questions about the site's content, and cite the links it gives.",
 			[]AgentToolParam{{Name: "query", Description: "What to search for, in a few keywords."}})
@@ -525,20 +524,21 @@ type agentToolSite struct {
 	scheme, host string
 }
 
-// progressText is what the visitor sees while call runs.
-func (tb *agentToolbox) progressText(call *agentFunctionCall, site agentToolSite) string {
+// progress is what the visitor sees while call runs: the progress_update
+// icon ("" for none) and text.
+func (tb *agentToolbox) progress(call *agentFunctionCall, site agentToolSite) (icon, text string) {
 	ft := tb.tools[call.Name]
 	switch {
 	case ft == nil:
-		return "Calling " + agentShorten(call.Name, agentToolProgressLength) + "…"
+		return "", "Calling " + agentShorten(call.Name, agentToolProgressLength) + "…"
 	case ft.wordpress != nil:
 		host := site.host
 		if ft.wordpress.site != nil {
 			host = ft.wordpress.site.Host
 		}
-		return "Searching " + host + "…"
+		return "search", "Searching " + host + "…"
 	}
-	return ft.progress
+	return "", ft.progress
 }
 
 // runBatch runs the calls of one round, at most agentToolParallel at once,

@@ -254,7 +254,7 @@ func TestAgentMaxToolCallsThenAnswer(t *testing.T) {
 		return fakeopenai.FunctionCall{Name: "weather", Arguments: `{"city":"` + id + `","units":"metric"}`, CallID: id}
 	}
 	fake.ScriptResponse(fakeopenai.ResponseScript{FunctionCalls: []fakeopenai.FunctionCall{call("a")}})
-	fake.ScriptResponse(fakeopenai.ResponseScript{FunctionCalls: []fakeopenai.FunctionCall{call("b"), call("c")}})
+	fake.ScriptResponse(fakeopenai.ResponseScript{Text: "Checking two more.", FunctionCalls: []fakeopenai.FunctionCall{call("b"), call("c")}})
 	// A model that would go on calling: with tool_choice none it cannot.
 	fake.ScriptResponse(fakeopenai.ResponseScript{FunctionCalls: []fakeopenai.FunctionCall{call("d")}, Text: "Here is what I found."})
 
@@ -277,6 +277,27 @@ func TestAgentMaxToolCallsThenAnswer(t *testing.T) {
 	calls, outputs := callOutputs(t, reqs[2])
 	if len(calls) != 3 || outputs["a"] != "ok" || outputs["b"] != "ok" || !strings.HasPrefix(outputs["c"], "Not run: the limit") {
 		t.Fatalf("last round calls %q outputs %q", calls, outputs)
+	}
+	// The text the model wrote beside its calls went back with them, in
+	// order, and the visitor saw it as an answer of its own.
+	var order []string
+	for _, it := range reqs[2].Input {
+		order = append(order, it.Type+":"+it.Role+":"+it.CallID+it.Text)
+	}
+	want := []string{"message:user:Weather everywhere", `function_call::a{"city":"a","units":"metric"}`, "function_call_output::aok",
+		"message:assistant:Checking two more.", `function_call::b{"city":"b","units":"metric"}`, `function_call::c{"city":"c","units":"metric"}`,
+		"function_call_output::bok"}
+	if len(order) != 8 || strings.Join(order[:7], "|") != strings.Join(want, "|") {
+		t.Fatalf("last round input\n%q\nwant (then c's output)\n%q", order, want)
+	}
+	var answers []string
+	for _, it := range s.doneItems(t) {
+		if it.Type == agentItemAssistantMessage {
+			answers = append(answers, it.text())
+		}
+	}
+	if strings.Join(answers, "|") != "Checking two more.|Here is what I found." {
+		t.Fatalf("answers %q", answers)
 	}
 }
 
@@ -649,6 +670,8 @@ func TestAgentToolCancelledWithTheTurn(t *testing.T) {
 	fake.ScriptResponse(fakeopenai.ResponseScript{FunctionCalls: []fakeopenai.FunctionCall{
 		{Name: "weather", Arguments: `{"city":"Oslo","units":"metric"}`},
 	}})
+	series := `caddy_chatkit_agent_requests_total{outcome="client_closed",type="threads.create"}`
+	before := scrapeCounter(t, series)
 	browser := client(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	resp := openStream(t, ctx, browser, createBody("Oslo?"))
@@ -670,6 +693,9 @@ func TestAgentToolCancelledWithTheTurn(t *testing.T) {
 	})
 	if n := fake.ResponsesCount(); n != 2 {
 		t.Fatalf("%d Responses requests, want the first round and the next turn", n)
+	}
+	if got := scrapeCounter(t, series); got != before+1 {
+		t.Fatalf("%s = %v, want %v", series, got, before+1)
 	}
 	for _, it := range fake.LastResponses().Input {
 		if it.Type != "message" {

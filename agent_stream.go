@@ -539,7 +539,8 @@ func (t *agentTurn) callModel(history []threadstore.Item) bool {
 			return ok
 		}
 		turnItems = t.runTools(round, turnItems)
-		if t.gone {
+		if t.gone || t.x.r.Context().Err() != nil {
+			t.x.outcome = outcomeClientClosed // left while the tools ran
 			return false
 		}
 	}
@@ -552,11 +553,7 @@ func (t *agentTurn) runTools(round *agentRoundItems, turnItems []byte) []byte {
 	r := t.x.r
 	site := agentToolSite{scheme: browserScheme(r), host: siteHost(r)}
 	for i := range round.calls {
-		icon := ""
-		if tools.tools[round.calls[i].Name] != nil && tools.tools[round.calls[i].Name].wordpress != nil {
-			icon = "search"
-		}
-		t.frames.progress(icon, tools.progressText(&round.calls[i], site))
+		t.frames.progress(tools.progress(&round.calls[i], site))
 	}
 	t.flush()
 	allowed := tools.maxCalls - t.toolCallsDone

@@ -144,6 +144,9 @@ type functionCallItemEvent struct {
 	Item        functionCallItem `json:"item"`
 }
 
+// The argument events as openai-python's types/responses define them
+// (ResponseFunctionCallArgumentsDeltaEvent, ...DoneEvent); the done
+// event's name is what the API sends besides.
 type functionArgsDeltaEvent struct {
 	eventHead
 	ItemID      string `json:"item_id"`
@@ -160,12 +163,14 @@ type functionArgsDoneEvent struct {
 	Arguments   string `json:"arguments"`
 }
 
-// planCalls keeps the script's calls the request lets the model make.
+// planCalls keeps the script's calls the request lets the model make
+// (one at most with parallel_tool_calls false).
 func planCalls(req *ResponsesRequest, calls []FunctionCall) []functionCallItem {
 	declared := declaredFunctions(req)
+	serial := req.Raw["parallel_tool_calls"] == false
 	var out []functionCallItem
 	for _, c := range calls {
-		if !slices.Contains(declared, c.Name) {
+		if !slices.Contains(declared, c.Name) || (serial && len(out) == 1) {
 			continue
 		}
 		id := c.CallID

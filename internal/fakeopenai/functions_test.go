@@ -47,6 +47,13 @@ func TestResponsesFunctionCallStream(t *testing.T) {
 		t.Fatalf("completed output %v", output)
 	}
 
+	// parallel_tool_calls false: one call at most.
+	s.ScriptResponse(ResponseScript{FunctionCalls: []FunctionCall{{Name: "weather", Arguments: `{}`}, {Name: "weather", Arguments: `{}`}}})
+	frames = streamAll(t, s, `{"model":"m","input":"x","stream":true,"parallel_tool_calls":false,"tools":[`+weatherTool+`]}`)
+	if output, _ := obj(t, frames[len(frames)-1].data["response"], "response")["output"].([]any); len(output) != 1 {
+		t.Fatalf("parallel_tool_calls false: output %v", output)
+	}
+
 	// tool_choice none: the model cannot call, it answers.
 	s.ScriptResponse(ResponseScript{Text: "ok", FunctionCalls: []FunctionCall{{Name: "weather", Arguments: `{"city":"x"}`}}})
 	frames = streamAll(t, s, `{"model":"m","input":"x","stream":true,"tool_choice":"none","tools":[`+weatherTool+`]}`)
