@@ -48,6 +48,9 @@ const (
 	agentWordPressName        = "wordpress_search"
 	agentWordPressResults     = 3
 	agentWordPressResultChars = 4000
+	// agentWordPressPostBytes bounds one post's JSON (its markup is much
+	// longer than the text kept).
+	agentWordPressPostBytes = 1 << 20
 )
 
 // agentToolNamePattern is OpenAI's rule for function names (and ours for
@@ -819,7 +822,7 @@ func (tb *agentToolbox) runWordPress(ctx context.Context, ft *agentFunctionTool,
 					Rendered string `json:"rendered"`
 				} `json:"content"`
 			}
-			if tb.getJSON(ctx, api+kind+"/"+id+"?_fields=content", ft.maxResponse*4, &doc) == nil {
+			if tb.getJSON(ctx, api+kind+"/"+id+"?_fields=content", agentWordPressPostBytes, &doc) == nil {
 				texts[i] = agentShorten(agentHTMLText(doc.Content.Rendered), agentWordPressResultChars)
 			}
 		}()
