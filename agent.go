@@ -144,6 +144,26 @@ type Agent struct {
 	// key, the start screen, the theme and the launcher (see AgentEmbed).
 	// The script is served with or without it.
 	Embed *AgentEmbed `json:"embed,omitempty"`
+
+	// OpenAI's hosted web search as a tool the model may use, limited to
+	// the given domains when there are any. Not with `reasoning_effort
+	// minimal`.
+	WebSearch *AgentWebSearch `json:"web_search,omitempty"`
+
+	// OpenAI's hosted file search over the owner's vector stores. Not with
+	// `reasoning_effort minimal`.
+	FileSearch *AgentFileSearch `json:"file_search,omitempty"`
+
+	// Remote MCP servers OpenAI calls as hosted tools, without approval
+	// and only for the allowed tools. Header values are sent to OpenAI.
+	// Not with `reasoning_effort minimal`.
+	MCP []AgentMCP `json:"mcp,omitempty"`
+
+	// Ask a reasoning model for summaries of its reasoning: `auto`,
+	// `concise` or `detailed`. The widget shows them as a reasoning
+	// workflow above the answer, saved with the thread (never sent back to
+	// the model). Default: no summaries.
+	ReasoningSummary string `json:"reasoning_summary,omitempty"`
 }
 
 // AgentPrompt names an OpenAI dashboard prompt.
@@ -201,6 +221,10 @@ type agentRuntime struct {
 	idleTimeout     time.Duration
 	titleModel      string // "" when titles come from the first message
 	reasoningEffort string
+	// reasoningSummary turns reasoning summaries into a workflow item.
+	reasoningSummary string
+	// toolProgress is what the visitor sees while a hosted tool runs.
+	toolProgress agentToolProgress
 	// bodyHead is the start of every Responses request, up to `"input":`.
 	bodyHead []byte
 	// sidKey is the HMAC key for safety_identifier.
@@ -309,7 +333,7 @@ func (a *Agent) validate() error {
 	if a.Instructions != "" && a.InstructionsFile != "" {
 		return refuse("instructions_file", "agent takes instructions or instructions_file, not both")
 	}
-	return nil
+	return a.validateTools()
 }
 
 // agentSubPath is a path the agent answers below its own, matched exactly
@@ -376,6 +400,9 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		maxBody:         cmp.Or(h.MaxBody, defaultAgentMaxBody),
 		idleTimeout:     cmp.Or(time.Duration(cfg.IdleTimeout), defaultAgentIdleTimeout),
 		reasoningEffort: cfg.ReasoningEffort,
+		// Summaries are read from the stream only when they were asked for.
+		reasoningSummary: cfg.ReasoningSummary,
+		toolProgress:     newAgentToolProgress(cfg),
 	}
 	if tm := strings.TrimSpace(cfg.TitleModel); tm != "" && tm != "off" {
 		a.titleModel = tm
@@ -403,7 +430,11 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		return fmt.Errorf("chatkit: agent model %q resolved to an empty value", cfg.Model)
 	}
 	maxOutput := cmp.Or(cfg.MaxOutputTokens, defaultAgentMaxOutputTokens)
-	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort)
+	tools, err := agentRequestTools(cfg, repl)
+	if err != nil {
+		return err
+	}
+	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort, a.reasoningSummary, tools)
 
 	a.sidKey = agentSafetyKey(h.apiKey)
 
@@ -504,8 +535,8 @@ func (h *Handler) cleanupAgent() {
 
 // appendAgentBodyHead encodes the fixed start of every Responses request:
 // everything but the input and the safety identifier, in one buffer built
-// once.
-func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPrompt, maxOutput int, store bool, effort string) []byte {
+// once. tools are the `tools` array's elements (none: no array).
+func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPrompt, maxOutput int, store bool, effort, summary string, tools []json.RawMessage) []byte {
 	buf = append(buf, '{')
 	if model != "" {
 		buf = append(buf, `"model":`...)
@@ -526,11 +557,8 @@ func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPr
 		}
 		buf = append(buf, "},"...)
 	}
-	if effort != "" {
-		buf = append(buf, `"reasoning":{"effort":`...)
-		buf = appendAgentString(buf, effort)
-		buf = append(buf, "},"...)
-	}
+	buf = appendAgentReasoning(buf, effort, summary)
+	buf = appendAgentTools(buf, tools)
 	buf = append(buf, `"max_output_tokens":`...)
 	buf = strconv.AppendInt(buf, int64(maxOutput), 10)
 	buf = append(buf, `,"store":`...)

@@ -517,7 +517,10 @@ func (t *agentTurn) callModel(body []byte) bool {
 	}
 	defer resp.Body.Close()
 
-	conv := newAgentConverter(agentConverterConfig{ThreadID: t.thread.ID, NewID: agentNewID, Now: h.now}, &t.frames)
+	conv := newAgentConverter(agentConverterConfig{
+		ThreadID: t.thread.ID, NewID: agentNewID, Now: h.now,
+		Reasoning: a.reasoningSummary != "", Tools: &a.toolProgress,
+	}, &t.frames)
 	// The frames go out just before the reader waits for the model: events
 	// that arrived together share one write, and none waits for the next.
 	rd := newSSEReader(flushBeforeRead{resp.Body, t.flushPending}, agentMaxEvent)
