@@ -1035,8 +1035,9 @@ const agentMaxToolCallsTracked = 64
 
 // mergeAnnotations adds to part i of m the annotations of the final part
 // (content_part.done, output_item.done) that annotation.added events did
-// not bring, announcing each to the client, and returns the part's
-// annotations. An annotation already there is never added twice.
+// not bring, and returns the part's annotations; one already there is
+// never added twice. Each is announced while the part is open; once the
+// part is done the client gets them with the item's done event.
 func (c *agentConverter) mergeAnnotations(m *agentOpenMessage, i int, final *responsesPart) []agentAnnotation {
 	p := &m.parts[i]
 	for j := range final.Annotations {
@@ -1045,7 +1046,9 @@ func (c *agentConverter) mergeAnnotations(m *agentOpenMessage, i int, final *res
 			continue
 		}
 		p.annotations = append(p.annotations, a)
-		c.out.annotationAdded(m.item.ID, i, len(p.annotations)-1, &a)
+		if !p.done {
+			c.out.annotationAdded(m.item.ID, i, len(p.annotations)-1, &a)
+		}
 	}
 	return p.annotations
 }

@@ -407,15 +407,16 @@ func (p *agentToolProgress) text(itemType, serverLabel string) (icon, text strin
 		return "globe", p.webSearch, true
 	case "file_search_call":
 		return "document", "Searching files…", true
-	case "mcp_call", "mcp_list_tools":
-		name := "a tool"
+	case "mcp_list_tools":
 		if slices.Contains(p.mcpLabels, serverLabel) {
-			name = serverLabel
+			return "bolt", "Connecting to " + serverLabel + "…", true
 		}
-		if itemType == "mcp_list_tools" {
-			return "bolt", "Connecting to " + name + "…", true
+		return "bolt", "Connecting to tools…", true
+	case "mcp_call":
+		if slices.Contains(p.mcpLabels, serverLabel) {
+			return "bolt", "Calling " + serverLabel + "…", true
 		}
-		return "bolt", "Calling " + name + "…", true
+		return "bolt", "Calling a tool…", true
 	}
 	return "", "", false
 }
