@@ -928,6 +928,12 @@ func (c *agentConverter) endWorkflow() {
 	if w == nil {
 		return
 	}
+	if len(w.Tasks) == 0 {
+		// Reasoning without a summary: nothing to show or keep.
+		c.out.itemRemoved(w.ID)
+		c.workflow, c.thought = nil, -1
+		return
+	}
 	w.Duration = int(c.cfg.Now().Sub(c.workflowStart) / time.Second)
 	w.Expanded = false
 	c.workflow, c.thought = nil, -1

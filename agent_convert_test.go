@@ -62,6 +62,8 @@ var agentGoldenCases = []agentGoldenCase{
 		tools: &agentToolProgress{webSearch: "Searching caddyserver.com…", mcpLabels: []string{"docs"}}},
 	// The same without summaries and with an MCP server we did not name.
 	{name: "hosted_tools_plain", input: "hosted_tools"},
+	// Reasoning that brought no summary: its workflow is removed, not kept.
+	{name: "reasoning_empty", input: "reasoning_empty", reasoning: true},
 }
 
 // agentUpdateGolden reports whether -update (defined once for the package,
