@@ -709,10 +709,6 @@ func (c *agentConverter) Feed(ev *responsesEvent) {
 		c.thoughtDone(ev)
 	case "response.completed":
 		c.end(ev, agentOutcome{Kind: agentCompleted})
-	default:
-		if itemType := agentHostedToolEvent(ev.Type); itemType != "" {
-			c.hostedToolStarted(itemType, ev.ItemID, "")
-		}
 	case "response.incomplete":
 		o := agentOutcome{Kind: agentIncomplete, Cut: agentCutLength}
 		if d := ev.Response.IncompleteDetails; d != nil {
@@ -742,6 +738,10 @@ func (c *agentConverter) Feed(ev *responsesEvent) {
 			}
 		}
 		c.end(ev, o)
+	default:
+		if itemType := agentHostedToolEvent(ev.Type); itemType != "" {
+			c.hostedToolStarted(itemType, ev.ItemID, "")
+		}
 	}
 }
 
