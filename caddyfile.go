@@ -537,6 +537,9 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 	case "web_search", "file_search", "mcp", "reasoning_summary":
 		return a.parseToolOption(d, name)
 	}
+	if known, _ := embedOption(name); known {
+		return a.parseEmbedOption(d, name)
+	}
 	return d.Errf("unrecognized agent option %q", name)
 }
 
@@ -609,9 +612,6 @@ func (a *Agent) parseToolOption(d *caddyfile.Dispenser, name string) error {
 		}
 		a.MCP = append(a.MCP, m)
 		return check(d, checkAgentMCP(&a.MCP[len(a.MCP)-1]))
-	}
-	if known, _ := embedOption(name); known {
-		return a.parseEmbedOption(d, name)
 	}
 	return d.Errf("unrecognized agent option %q", name)
 }
