@@ -159,6 +159,26 @@ type Agent struct {
 	// tool_choice none, for its answer. 1 to 100; only with function tools.
 	// Default: 5.
 	MaxToolCalls int `json:"max_tool_calls,omitempty"`
+
+	// OpenAI's hosted web search as a tool the model may use, limited to
+	// the given domains when there are any. Not with `reasoning_effort
+	// minimal`.
+	WebSearch *AgentWebSearch `json:"web_search,omitempty"`
+
+	// OpenAI's hosted file search over the owner's vector stores. Not with
+	// `reasoning_effort minimal`.
+	FileSearch *AgentFileSearch `json:"file_search,omitempty"`
+
+	// Remote MCP servers OpenAI calls as hosted tools, without approval
+	// and only for the allowed tools. Header values are sent to OpenAI.
+	// Not with `reasoning_effort minimal`.
+	MCP []AgentMCP `json:"mcp,omitempty"`
+
+	// Ask a reasoning model for summaries of its reasoning: `auto`,
+	// `concise` or `detailed`. The widget shows them as a reasoning
+	// workflow above the answer, saved with the thread (never sent back to
+	// the model). Default: no summaries.
+	ReasoningSummary string `json:"reasoning_summary,omitempty"`
 }
 
 // AgentPrompt names an OpenAI dashboard prompt.
@@ -216,6 +236,10 @@ type agentRuntime struct {
 	idleTimeout     time.Duration
 	titleModel      string // "" when titles come from the first message
 	reasoningEffort string
+	// reasoningSummary turns reasoning summaries into a workflow item.
+	reasoningSummary string
+	// toolProgress is what the visitor sees while a hosted tool runs.
+	toolProgress agentToolProgress
 	// bodyHead is the start of every Responses request, up to `"input":`.
 	bodyHead []byte
 	// sidKey is the HMAC key for safety_identifier.
@@ -223,6 +247,9 @@ type agentRuntime struct {
 	// tools are the function tools Caddy runs; nil when there are none.
 	tools       *agentToolbox
 	openAIStore bool
+	// hostedTools are OpenAI's tools of the request (web and file search,
+	// MCP): JSON objects, comma-separated.
+	hostedTools []byte
 
 	userBudget, siteBudget *tokenLimit
 
@@ -330,7 +357,7 @@ func (a *Agent) validate() error {
 	if a.Instructions != "" && a.InstructionsFile != "" {
 		return refuse("instructions_file", "agent takes instructions or instructions_file, not both")
 	}
-	return nil
+	return a.validateTools()
 }
 
 // agentSubPath is a path the agent answers below its own, matched exactly
@@ -397,6 +424,9 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		maxBody:         cmp.Or(h.MaxBody, defaultAgentMaxBody),
 		idleTimeout:     cmp.Or(time.Duration(cfg.IdleTimeout), defaultAgentIdleTimeout),
 		reasoningEffort: cfg.ReasoningEffort,
+		// Summaries are read from the stream only when they were asked for.
+		reasoningSummary: cfg.ReasoningSummary,
+		toolProgress:     newAgentToolProgress(cfg),
 	}
 	if tm := strings.TrimSpace(cfg.TitleModel); tm != "" && tm != "off" {
 		a.titleModel = tm
@@ -424,10 +454,15 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		return fmt.Errorf("chatkit: agent model %q resolved to an empty value", cfg.Model)
 	}
 	maxOutput := cmp.Or(cfg.MaxOutputTokens, defaultAgentMaxOutputTokens)
-	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort)
+	a.bodyHead = appendAgentBodyHead(nil, a.model, instructions, prompt, maxOutput, cfg.OpenAIStore, a.reasoningEffort, a.reasoningSummary)
 
 	a.sidKey = agentSafetyKey(h.apiKey)
 	a.openAIStore = cfg.OpenAIStore
+	hosted, err := agentHostedToolsJSON(cfg, repl)
+	if err != nil {
+		return err
+	}
+	a.hostedTools = hosted
 	tools, err := newAgentToolbox(cfg, repl)
 	if err != nil {
 		return err
@@ -532,8 +567,8 @@ func (h *Handler) cleanupAgent() {
 
 // appendAgentBodyHead encodes the fixed start of every Responses request:
 // everything but the input and the safety identifier, in one buffer built
-// once.
-func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPrompt, maxOutput int, store bool, effort string) []byte {
+// once. tools are the `tools` array's elements (none: no array).
+func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPrompt, maxOutput int, store bool, effort, summary string) []byte {
 	buf = append(buf, '{')
 	if model != "" {
 		buf = append(buf, `"model":`...)
@@ -554,11 +589,7 @@ func appendAgentBodyHead(buf []byte, model, instructions string, prompt *AgentPr
 		}
 		buf = append(buf, "},"...)
 	}
-	if effort != "" {
-		buf = append(buf, `"reasoning":{"effort":`...)
-		buf = appendAgentString(buf, effort)
-		buf = append(buf, "},"...)
-	}
+	buf = appendAgentReasoning(buf, effort, summary)
 	buf = append(buf, `"max_output_tokens":`...)
 	buf = strconv.AppendInt(buf, int64(maxOutput), 10)
 	buf = append(buf, `,"store":`...)
@@ -572,6 +603,11 @@ func agentSafetyKey(apiKey string) []byte {
 	mac.Write([]byte(agentSafetyLabel))
 	return mac.Sum(nil)
 }
+
+// reasons reports whether the model is configured as a reasoning model
+// (an effort or summaries asked for): only those accept reasoning items
+// and the include of their encrypted content.
+func (a *agentRuntime) reasons() bool { return a.reasoningEffort != "" || a.reasoningSummary != "" }
 
 // safetyIdentifier is what OpenAI gets instead of the user id: a keyed
 // hash, `sid_` and 60 hex digits (OpenAI allows 64 characters).

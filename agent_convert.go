@@ -11,9 +11,11 @@ package chatkit
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -209,6 +211,8 @@ type responsesItem struct {
 	Status  string          `json:"status"`
 	Content []responsesPart `json:"content"`
 	Summary []responsesPart `json:"summary"`
+	// ServerLabel names the MCP server of mcp_call and mcp_list_tools.
+	ServerLabel string `json:"server_label"`
 }
 
 // responsesPart is a content part (output_text, refusal, reasoning_text) or
@@ -271,7 +275,26 @@ func responsesEventRead(t string) bool {
 		"response.completed", "response.incomplete", "response.failed", "error":
 		return true
 	}
-	return false
+	return agentHostedToolEvent(t) != ""
+}
+
+// agentHostedToolEvent is the output item type a hosted tool's progress
+// event is about, "" for other events. Names from OpenAI's streaming
+// events reference (openai-python types/responses:
+// response_web_search_call_*_event.py, response_file_search_call_*,
+// response_mcp_call_in_progress_event.py, response_mcp_list_tools_*).
+func agentHostedToolEvent(t string) string {
+	switch t {
+	case "response.web_search_call.in_progress", "response.web_search_call.searching":
+		return "web_search_call"
+	case "response.file_search_call.in_progress", "response.file_search_call.searching":
+		return "file_search_call"
+	case "response.mcp_call.in_progress":
+		return "mcp_call"
+	case "response.mcp_list_tools.in_progress":
+		return "mcp_list_tools"
+	}
+	return ""
 }
 
 // decode reads one event's data. An event of a type the agent does not
@@ -487,6 +510,9 @@ type agentConverterConfig struct {
 	// Reasoning turns reasoning summaries into a workflow item of thought
 	// tasks; off, reasoning items are skipped.
 	Reasoning bool
+	// Tools words the progress shown while a hosted tool runs; nil says
+	// only "Searching the web…" and the like, naming no MCP server.
+	Tools *agentToolProgress
 }
 
 // agentDoneItem is an item the converter finished: the handler persists it
@@ -518,6 +544,8 @@ type agentConverter struct {
 	thought       int // index of the streaming thought task; -1 for none
 	thoughtItem   string
 	thoughtPart   int
+
+	toolCalls []string // upstream ids of the hosted tool calls announced
 
 	outcome    agentOutcome
 	usage      agentUsage
@@ -597,6 +625,8 @@ func (c *agentConverter) Feed(ev *responsesEvent) {
 			if c.cfg.Reasoning && c.workflow == nil {
 				c.openWorkflow()
 			}
+		default:
+			c.hostedToolStarted(ev.Item.Type, ev.Item.ID, ev.Item.ServerLabel)
 		}
 	case "response.content_part.added":
 		if ev.Part.Type == "reasoning_text" || !agentPartIndexOK(ev.ContentIndex) {
@@ -636,6 +666,13 @@ func (c *agentConverter) Feed(ev *responsesEvent) {
 			p.done = true
 			c.out.partDone(m.item.ID, ev.ContentIndex, &agentAssistantContent{Text: text, Annotations: p.annotations})
 		}
+	case "response.content_part.done":
+		if ev.Part.Type == "reasoning_text" {
+			return
+		}
+		if m, p := c.part(ev); p != nil {
+			c.mergeAnnotations(m, ev.ContentIndex, &ev.Part)
+		}
 	case "response.output_text.annotation.added":
 		a, ok := agentConvertAnnotation(&ev.Annotation)
 		if !ok {
@@ -655,7 +692,11 @@ func (c *agentConverter) Feed(ev *responsesEvent) {
 			if len(ev.Item.Content) > 0 {
 				m.item.Content = m.item.Content[:0]
 				for i := range ev.Item.Content {
-					m.item.Content = append(m.item.Content, agentConvertPart(&ev.Item.Content[i]))
+					part := agentConvertPart(&ev.Item.Content[i])
+					if i < len(m.parts) {
+						part.Annotations = c.mergeAnnotations(m, i, &ev.Item.Content[i])
+					}
+					m.item.Content = append(m.item.Content, part)
 				}
 			} else {
 				m.item.Content = m.partsContent()
@@ -697,6 +738,10 @@ func (c *agentConverter) Feed(ev *responsesEvent) {
 			}
 		}
 		c.end(ev, o)
+	default:
+		if itemType := agentHostedToolEvent(ev.Type); itemType != "" {
+			c.hostedToolStarted(itemType, ev.ItemID, "")
+		}
 	}
 }
 
@@ -883,6 +928,12 @@ func (c *agentConverter) endWorkflow() {
 	if w == nil {
 		return
 	}
+	if len(w.Tasks) == 0 {
+		// Reasoning without a summary: nothing to show or keep.
+		c.out.itemRemoved(w.ID)
+		c.workflow, c.thought = nil, -1
+		return
+	}
 	w.Duration = int(c.cfg.Now().Sub(c.workflowStart) / time.Second)
 	w.Expanded = false
 	c.workflow, c.thought = nil, -1
@@ -949,7 +1000,11 @@ func agentConvertPart(p *responsesPart) agentAssistantContent {
 func agentConvertAnnotation(a *responsesAnnotation) (agentAnnotation, bool) {
 	switch a.Type {
 	case "url_citation":
-		return agentAnnotation{SourceType: "url", Title: a.Title, URL: a.URL, Index: a.EndIndex}, true
+		if a.URL == "" {
+			return agentAnnotation{}, false
+		}
+		// ChatKit shows the title as the link's text: never leave it blank.
+		return agentAnnotation{SourceType: "url", Title: cmp.Or(strings.TrimSpace(a.Title), a.URL), URL: a.URL, Index: a.EndIndex}, true
 	case "file_citation":
 		if a.Filename != "" {
 			return agentAnnotation{SourceType: "file", Title: a.Filename, Filename: a.Filename, Index: a.Index}, true
@@ -960,6 +1015,48 @@ func agentConvertAnnotation(a *responsesAnnotation) (agentAnnotation, bool) {
 		}
 	}
 	return agentAnnotation{}, false
+}
+
+// hostedToolStarted tells the visitor a hosted tool is running, once per
+// call: OpenAI announces it with output_item.added and again with its
+// in_progress and searching events. Other item types are not tools.
+func (c *agentConverter) hostedToolStarted(itemType, upstreamID, serverLabel string) {
+	p := c.cfg.Tools
+	if p == nil {
+		p = &agentToolProgress{}
+	}
+	icon, text, ok := p.text(itemType, serverLabel)
+	if !ok || (upstreamID != "" && slices.Contains(c.toolCalls, upstreamID)) {
+		return
+	}
+	if upstreamID != "" && len(c.toolCalls) < agentMaxToolCallsTracked {
+		c.toolCalls = append(c.toolCalls, upstreamID)
+	}
+	c.out.progress(icon, text)
+}
+
+// agentMaxToolCallsTracked bounds the tool calls remembered for one run;
+// past it a call may be announced twice, which is harmless.
+const agentMaxToolCallsTracked = 64
+
+// mergeAnnotations adds to part i of m the annotations of the final part
+// (content_part.done, output_item.done) that annotation.added events did
+// not bring, and returns the part's annotations; one already there is
+// never added twice. Each is announced while the part is open; once the
+// part is done the client gets them with the item's done event.
+func (c *agentConverter) mergeAnnotations(m *agentOpenMessage, i int, final *responsesPart) []agentAnnotation {
+	p := &m.parts[i]
+	for j := range final.Annotations {
+		a, ok := agentConvertAnnotation(&final.Annotations[j])
+		if !ok || slices.Contains(p.annotations, a) {
+			continue
+		}
+		p.annotations = append(p.annotations, a)
+		if !p.done {
+			c.out.annotationAdded(m.item.ID, i, len(p.annotations)-1, &a)
+		}
+	}
+	return p.annotations
 }
 
 func agentContentBlank(content []agentAssistantContent) bool {

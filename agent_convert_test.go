@@ -33,6 +33,8 @@ type agentGoldenCase struct {
 	// stopAfter > 0 cuts the run after that many events with cut.
 	stopAfter int
 	cut       agentCut
+	// tools words hosted tool progress (nil: the converter's defaults).
+	tools *agentToolProgress
 }
 
 var agentGoldenCases = []agentGoldenCase{
@@ -53,6 +55,15 @@ var agentGoldenCases = []agentGoldenCase{
 	{name: "cancel_before_answer", input: "text", stopAfter: 2, cut: agentCutCancelled},
 	// idle_timeout in the middle of the reasoning, with summaries shown.
 	{name: "timeout_in_reasoning", input: "reasoning", reasoning: true, stopAfter: 6, cut: agentCutFailed},
+	// Reasoning, a web search limited to one domain, a file search and an
+	// MCP call, then an answer citing a page (streamed, untitled) and a
+	// file (only in the final parts).
+	{name: "hosted_tools", input: "hosted_tools", reasoning: true,
+		tools: &agentToolProgress{webSearch: "Searching caddyserver.com…", mcpLabels: []string{"docs"}}},
+	// The same without summaries and with an MCP server we did not name.
+	{name: "hosted_tools_plain", input: "hosted_tools"},
+	// Reasoning that brought no summary: its workflow is removed, not kept.
+	{name: "reasoning_empty", input: "reasoning_empty", reasoning: true},
 }
 
 // agentUpdateGolden reports whether -update (defined once for the package,
@@ -94,6 +105,7 @@ func agentRunGolden(t *testing.T, gc agentGoldenCase) []byte {
 	frames := &agentFrames{}
 	conv := newAgentConverter(agentConverterConfig{
 		ThreadID: "thr_ab0b7480", NewID: agentTestIDs(), Now: agentTestClock(), Reasoning: gc.reasoning,
+		Tools: gc.tools,
 	}, frames)
 	flush := func() {
 		for _, d := range conv.Done() {

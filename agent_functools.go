@@ -481,22 +481,33 @@ func appendAgentFunctionDef(buf []byte, name, description string, params []Agent
 	return append(buf, `],"additionalProperties":false},"strict":true}`...)
 }
 
-// appendRequestTail appends what the function tools add to a Responses
-// request: the tools, the tool choice (`none` for the last round, so the
-// model answers), and, with encrypted, the encrypted reasoning that lets a
-// reasoning model's own reasoning be sent back when OpenAI keeps nothing
-// (`include: ["reasoning.encrypted_content"]`, Responses API reference,
-// "include": "enables reasoning items to be used in multi-turn
-// conversations when using the Responses API statelessly"). Models that
-// do not reason refuse that include ("Encrypted content is not supported
-// with this model"), so it is asked only when reasoning is configured.
-func (tb *agentToolbox) appendRequestTail(buf []byte, final, encrypted bool) []byte {
-	if tb == nil {
+// appendAgentRequestTools appends the request's one `tools` array: the
+// hosted tools (JSON objects, comma-separated), then the function tools of
+// tb (nil without any). With function tools, the tool choice is `none` for
+// the last round, so the model answers; and with encrypted, the encrypted
+// reasoning that lets a reasoning model's own reasoning be sent back when
+// OpenAI keeps nothing (`include: ["reasoning.encrypted_content"]`,
+// Responses API reference, "include": "enables reasoning items to be used
+// in multi-turn conversations when using the Responses API statelessly").
+// Models that do not reason refuse that include ("Encrypted content is not
+// supported with this model"), so it is asked only when reasoning is
+// configured.
+func appendAgentRequestTools(buf, hosted []byte, tb *agentToolbox, final, encrypted bool) []byte {
+	if len(hosted) == 0 && tb == nil {
 		return buf
 	}
 	buf = append(buf, `,"tools":[`...)
-	buf = append(buf, tb.defs...)
+	buf = append(buf, hosted...)
+	if tb != nil {
+		if len(hosted) > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, tb.defs...)
+	}
 	buf = append(buf, ']')
+	if tb == nil {
+		return buf
+	}
 	if final {
 		buf = append(buf, `,"tool_choice":"none"`...)
 	}

@@ -489,6 +489,7 @@ func (t *agentTurn) requestBody(history []threadstore.Item, turnItems []byte, fi
 		items[i] = history[i].Data
 		size += len(history[i].Data)
 	}
+	size += len(t.a.hostedTools)
 	if t.a.tools != nil {
 		size += len(t.a.tools.defs) + 96
 	}
@@ -506,7 +507,7 @@ func (t *agentTurn) requestBody(history []threadstore.Item, turnItems []byte, fi
 		}
 		buf = append(append(buf, turnItems...), ']')
 	}
-	buf = t.a.tools.appendRequestTail(buf, final, !t.a.openAIStore && t.a.reasoningEffort != "")
+	buf = appendAgentRequestTools(buf, t.a.hostedTools, t.a.tools, final, !t.a.openAIStore && t.a.reasons())
 	buf = append(buf, `,"safety_identifier":`...)
 	buf = appendAgentString(buf, t.a.safetyIdentifier(t.owner))
 	return append(buf, '}')
@@ -531,7 +532,7 @@ func (t *agentTurn) callModel(history []threadstore.Item) bool {
 		final := tools == nil || t.toolCallsDone >= tools.maxCalls
 		var round *agentRoundItems
 		if !final {
-			round = &agentRoundItems{keepReasoning: t.a.openAIStore || t.a.reasoningEffort != ""}
+			round = &agentRoundItems{keepReasoning: t.a.openAIStore || t.a.reasons()}
 		}
 		ok := t.streamRound(t.requestBody(history, turnItems, final), round)
 		t.probe = false // only the turn's first call can be the breaker's probe
@@ -600,7 +601,10 @@ func (t *agentTurn) streamRound(body []byte, round *agentRoundItems) bool {
 	}
 	defer resp.Body.Close()
 
-	conv := newAgentConverter(agentConverterConfig{ThreadID: t.thread.ID, NewID: agentNewID, Now: h.now}, &t.frames)
+	conv := newAgentConverter(agentConverterConfig{
+		ThreadID: t.thread.ID, NewID: agentNewID, Now: h.now,
+		Reasoning: a.reasoningSummary != "", Tools: &a.toolProgress,
+	}, &t.frames)
 	// The frames go out just before the reader waits for the model: events
 	// that arrived together share one write, and none waits for the next.
 	rd := newSSEReader(flushBeforeRead{resp.Body, t.flushPending}, agentMaxEvent)

@@ -175,6 +175,13 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //			}
 //			wordpress_search [<site url>]
 //			max_tool_calls <n>
+//			web_search [<domain>...]
+//			file_search <vector_store_id>...
+//			mcp <label> <url> {
+//				allow <tool>...
+//				header <name> <value>
+//			}
+//			reasoning_summary auto|concise|detailed
 //
 //			domain_key <key>
 //			greeting <text>
@@ -200,9 +207,10 @@ func tokenErr(tok caddyfile.Token, err error) error {
 // `instructions_file` exclude each other, `token_budget` may appear once
 // per scope, `suggestion` may be repeated (the prompts keep their order),
 // `http_tool` once per name (`param` and `header` repeated in its block,
-// each name once) and every other option may appear once. `domain_key`
-// to `script_url` configure `<agent path>/embed.js`, the script that
-// mounts the chat on a page from one tag. A block with `protect`
+// each name once), `mcp` once per server label, and every other option may
+// appear once. `domain_key` to `script_url` configure `<agent
+// path>/embed.js`, the script that mounts the chat on a page from one tag.
+// A block with `protect`
 // takes no matcher: the requests a matcher skips would reach the backend
 // with the client's own identity header. `state_variable`,
 // `allow_origins` and `protect` may be repeated; every other subdirective
@@ -449,6 +457,9 @@ func agentOptionRepeatable(name string) bool {
 	if name == "token_budget" || name == "http_tool" {
 		return true // once per scope or name, checked in parseOption
 	}
+	if name == "mcp" {
+		return true // once per label, checked in validateTools
+	}
 	_, repeatable := embedOption(name)
 	return repeatable
 }
@@ -552,9 +563,84 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		return nil
 	case "max_tool_calls":
 		return intArg(d, &a.MaxToolCalls, checkAgentMaxToolCalls)
+	case "web_search", "file_search", "mcp", "reasoning_summary":
+		return a.parseToolOption(d, name)
 	}
 	if known, _ := embedOption(name); known {
 		return a.parseEmbedOption(d, name)
+	}
+	return d.Errf("unrecognized agent option %q", name)
+}
+
+// parseToolOption parses the agent's hosted tool options and
+// reasoning_summary:
+//
+//	web_search [<domain>...]
+//	file_search <vector_store_id>...
+//	mcp <label> <url> {
+//		allow <tool>...
+//		header <name> <value>
+//	}
+//	reasoning_summary auto|concise|detailed
+//
+// `mcp` may be repeated, one per server; `allow` may be repeated and each
+// header named once.
+func (a *Agent) parseToolOption(d *caddyfile.Dispenser, name string) error {
+	switch name {
+	case "web_search":
+		w := &AgentWebSearch{AllowedDomains: d.RemainingArgs()}
+		a.WebSearch = w
+		return check(d, checkAgentWebSearch(w))
+	case "file_search":
+		f := &AgentFileSearch{VectorStoreIDs: d.RemainingArgs()}
+		a.FileSearch = f
+		return check(d, checkAgentFileSearch(f))
+	case "reasoning_summary":
+		if err := singleArg(d, &a.ReasoningSummary); err != nil {
+			return err
+		}
+		return check(d, checkAgentReasoningSummary(a.ReasoningSummary))
+	case "mcp":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		m := AgentMCP{Label: args[0], URL: args[1]}
+		if err := checkAgentMCPLabel(m.Label); err != nil {
+			return d.WrapErr(err)
+		}
+		if err := checkAgentMCPURL(m.Label, m.URL); err != nil {
+			return d.WrapErr(err)
+		}
+		for nesting := d.Nesting(); d.NextBlock(nesting); {
+			switch sub := d.Val(); sub {
+			case "allow":
+				tools := d.RemainingArgs()
+				if len(tools) == 0 {
+					return d.ArgErr()
+				}
+				m.Allow = append(m.Allow, tools...)
+			case "header":
+				hv := d.RemainingArgs()
+				if len(hv) != 2 {
+					return d.ArgErr()
+				}
+				if _, dup := m.Headers[hv[0]]; dup {
+					return d.Errf("duplicate header %q in mcp %s", hv[0], m.Label)
+				}
+				if err := checkAgentMCPHeader(m.Label, hv[0], hv[1]); err != nil {
+					return d.WrapErr(err)
+				}
+				if m.Headers == nil {
+					m.Headers = make(map[string]string)
+				}
+				m.Headers[hv[0]] = hv[1]
+			default:
+				return d.Errf("unrecognized mcp option %q", sub)
+			}
+		}
+		a.MCP = append(a.MCP, m)
+		return check(d, checkAgentMCP(&a.MCP[len(a.MCP)-1]))
 	}
 	return d.Errf("unrecognized agent option %q", name)
 }

@@ -238,10 +238,15 @@ func TestDemoChatsWithTheFake(t *testing.T) {
 
 	const said = "hello there demo"
 	events := stream(t, c, d.site, "threads.create", userInput(said))
-	var threadID, final string
+	var threadID, final, progress string
 	var deltas []event
+	var citations []any
 	for _, e := range events {
 		switch e.typ() {
+		case "progress_update":
+			if final == "" && len(deltas) == 0 {
+				progress, _ = e.data["text"].(string)
+			}
 		case "thread.created":
 			threadID, _ = e.data["thread"].(map[string]any)["id"].(string)
 		case "thread.item.updated":
@@ -251,11 +256,20 @@ func TestDemoChatsWithTheFake(t *testing.T) {
 		case "thread.item.done":
 			if it := e.data["item"].(map[string]any); it["type"] == "assistant_message" {
 				final, _ = it["content"].([]any)[0].(map[string]any)["text"].(string)
+				citations, _ = it["content"].([]any)[0].(map[string]any)["annotations"].([]any)
 			}
 		}
 	}
 	if threadID == "" || final != "You said: "+said {
 		t.Fatalf("threads.create: thread %q, answer %q; events %v", threadID, final, events)
+	}
+	// The fake searched the web first, shown while it ran, and the answer
+	// cites what it found.
+	if progress != "Searching caddyserver.com…" {
+		t.Errorf("progress before the answer %q; events %v", progress, events)
+	}
+	if len(citations) != 1 || !strings.Contains(fmt.Sprint(citations[0]), "https://caddyserver.com/docs/") {
+		t.Errorf("citations %v", citations)
 	}
 	// Word by word, paced: one delta a word, the fake's interval apart.
 	if n := len(strings.Fields(final)); len(deltas) != n {

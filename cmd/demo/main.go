@@ -6,7 +6,8 @@
 // then open http://localhost:8080/. With OPENAI_API_KEY set the agent talks
 // to OpenAI for real (model gpt-5-mini unless -model says otherwise);
 // otherwise it starts the built-in fake OpenAI API on 127.0.0.1, which
-// answers "You said: …" word by word. Threads are kept in SQLite under the
+// searches caddyserver.com (a hosted web search, shown while it runs) and
+// answers "You said: …" word by word, citing the page it found. Threads are kept in SQLite under the
 // demo's cache directory. With CHATKIT_WORKFLOW_ID set the block also mints
 // ChatKit client secrets for that workflow (hosted mode) and the page shows
 // the token flow. Ctrl-C stops it.
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -137,7 +139,7 @@ func run(ctx context.Context, opts options) error {
 	apiKey := strings.TrimSpace(getenv("OPENAI_API_KEY"))
 	minting := strings.TrimSpace(getenv("CHATKIT_WORKFLOW_ID")) != ""
 	cfg := demoConfig{Backend: "openai", Model: cmp.Or(opts.Model, defaultModel), Minting: minting}
-	var upstream string
+	var upstream, tools string
 	if apiKey != "" {
 		upstream = "api_key {env.OPENAI_API_KEY}"
 		logf("OPENAI_API_KEY is set: the agent talks to OpenAI for real, model %s", cfg.Model)
@@ -147,6 +149,10 @@ func run(ctx context.Context, opts options) error {
 		fake := fakeopenai.New(fakeopenai.Options{EventInterval: interval})
 		defer fake.Close()
 		upstream = fmt.Sprintf("api_base %s\n\t\tapi_key %s", fake.URL(), fakeopenai.DefaultAPIKey)
+		// Every fake answer searches caddyserver.com first and cites it, so
+		// the page shows a tool in progress and a cited answer.
+		tools = "web_search " + demoSearchDomain
+		fake.ScriptResponse(demoFakeScript())
 		logf("no OPENAI_API_KEY: the agent answers from the built-in fake OpenAI at %s, which echoes \"You said: …\" word by word every %v (no model runs)", fake.URL(), interval)
 	}
 	if minting {
@@ -167,7 +173,7 @@ func run(ctx context.Context, opts options) error {
 	}
 
 	threads := filepath.Join(opts.StorageDir, threadsFile)
-	caddyfile := demoCaddyfile(host, port, opts.StorageDir, root, upstream, cfg.Model, threads)
+	caddyfile := demoCaddyfile(host, port, opts.StorageDir, root, upstream, cfg.Model, threads, tools)
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
 		return errors.New("the caddyfile adapter is not registered")
@@ -208,10 +214,24 @@ type demoConfig struct {
 	Minting bool `json:"minting"`
 }
 
+// demoSearchDomain is the one domain the fake's web search covers.
+const demoSearchDomain = "caddyserver.com"
+
+// demoFakeScript makes every fake answer (the echo) come after a web
+// search, citing the page it "found" at the end of "You said".
+func demoFakeScript() fakeopenai.ResponseScript {
+	return fakeopenai.ResponseScript{
+		Times:  math.MaxInt32,
+		Hosted: []fakeopenai.HostedCall{{Type: fakeopenai.HostedWebSearch}},
+		Annotations: []fakeopenai.Annotation{{Type: "url_citation", URL: "https://caddyserver.com/docs/",
+			Title: "Caddy documentation", StartIndex: 0, EndIndex: len("You said")}},
+	}
+}
+
 // demoCaddyfile is the whole demo site: the chatkit handler (the agent,
 // and minting when upstream names a workflow) in front of a file server for
-// the page.
-func demoCaddyfile(host, port, storageDir, pageRoot, upstream, model, threads string) string {
+// the page. tools are extra agent options (the fake's web search).
+func demoCaddyfile(host, port, storageDir, pageRoot, upstream, model, threads, tools string) string {
 	bind := ""
 	if host != "" {
 		bind = "bind " + host
@@ -231,12 +251,13 @@ http://:%s {
 			model %s
 			instructions %q
 			store sqlite %s
+			%s
 		}
 	}
 	root * %s
 	file_server
 }
-`, quote(storageDir), port, bind, upstream, model, instructions, quote(threads), quote(pageRoot))
+`, quote(storageDir), port, bind, upstream, model, instructions, quote(threads), tools, quote(pageRoot))
 }
 
 // quote makes a path one Caddyfile token.

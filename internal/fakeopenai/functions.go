@@ -269,12 +269,12 @@ func newReasoningItem(req *ResponsesRequest) *reasoningItem {
 	return r
 }
 
-// streamReasoning streams the reasoning item at output index 0.
-func (e *sseStream) streamReasoning(r *reasoningItem) bool {
+// streamReasoning streams the reasoning item at output index idx.
+func (e *sseStream) streamReasoning(r *reasoningItem, idx int) bool {
 	open := *r
 	open.EncryptedContent = nil
-	return e.send("response.output_item.added", &reasoningItemEvent{Item: open}, e.interval) &&
-		e.send("response.output_item.done", &reasoningItemEvent{Item: *r}, e.interval)
+	return e.send("response.output_item.added", &reasoningItemEvent{OutputIndex: idx, Item: open}, e.interval) &&
+		e.send("response.output_item.done", &reasoningItemEvent{OutputIndex: idx, Item: *r}, e.interval)
 }
 
 // rememberReasoning records which reasoning item an unstored response's

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"maps"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -98,6 +99,16 @@ type ResponseScript struct {
 	// models answer; its encrypted_content is set when the request's
 	// include asks for reasoning.encrypted_content.
 	Reasoning bool
+
+	// ReasoningSummary, when not nil, makes the answer start with a
+	// reasoning item, with one summary part per text when the request
+	// asked for summaries (reasoning.summary) and none otherwise.
+	ReasoningSummary []string
+	// Hosted are hosted tool calls made before the message (see
+	// HostedCall for the ones left out).
+	Hosted []HostedCall
+	// Annotations are the message's citations.
+	Annotations []Annotation
 }
 
 type queuedScript struct {
@@ -373,6 +384,11 @@ type answer struct {
 	calls      []functionCallItem
 	noMessage  bool // only function calls
 	reasoning  *reasoningItem
+
+	hosted          hostedPlan
+	reasoningID     string
+	msgIndex        int // the message's output_index
+	annotationsSent int
 }
 
 func tokens(runes int) int { return (runes + 3) / 4 }
@@ -390,6 +406,9 @@ func (s *Server) plan(req *ResponsesRequest, rs *ResponseScript, defaultText str
 		errCode:    rs.ErrorCode,
 		errMessage: rs.ErrorMessage,
 	}
+	a.hosted = planHosted(req, rs)
+	a.reasoningID = "rs_" + randHex(24)
+	a.msgIndex = len(a.outputBefore())
 	if a.errCode == "" {
 		a.errCode = "server_error"
 	}
@@ -594,6 +613,14 @@ func newOutputText(text string) outputText {
 	return outputText{Type: "output_text", Annotations: []any{}, Logprobs: []any{}, Text: text}
 }
 
+// doneText is the finished output_text part, with the citations the
+// stream has announced (all of them once the text is complete).
+func (a *answer) doneText(text string) outputText {
+	t := newOutputText(text)
+	t.Annotations = a.annotationsWire()
+	return t
+}
+
 func rawOr(m map[string]any, key string, def any) any {
 	if v, ok := m[key]; ok && v != nil {
 		return v
@@ -613,7 +640,7 @@ func (a *answer) response(status string, output []any) *responseObject {
 		MaxOutputTokens:      req.MaxOutputTokens,
 		MaxToolCalls:         rawOr(req.Raw, "max_tool_calls", nil),
 		Model:                req.Model,
-		Output:               output,
+		Output:               []any{},
 		ParallelToolCalls:    rawOr(req.Raw, "parallel_tool_calls", true),
 		PreviousResponseID:   req.PreviousResponseID,
 		PromptCacheKey:       rawOr(req.Raw, "prompt_cache_key", nil),
@@ -650,7 +677,11 @@ func (a *answer) response(status string, output []any) *responseObject {
 	if r := req.Reasoning; r != nil {
 		ro.Reasoning = reasoningObject{Effort: r.Effort, Summary: r.Summary}
 	}
-	if output == nil {
+	if status != "in_progress" {
+		// The items before the message are done once the message is out.
+		ro.Output = append(a.outputBefore(), output...)
+	}
+	if ro.Output == nil {
 		ro.Output = []any{}
 	}
 	switch status {
@@ -688,7 +719,7 @@ func (a *answer) finalStatus() string {
 func (a *answer) message(status, text string) messageItem {
 	content := []outputText{}
 	if status != "in_progress" {
-		content = []outputText{newOutputText(text)}
+		content = []outputText{a.doneText(text)}
 	}
 	return messageItem{ID: a.msgID, Type: "message", Status: status, Content: content, Role: "assistant"}
 }
@@ -720,6 +751,10 @@ func (s *Server) answerJSON(ctx context.Context, resp *responder, a *answer) {
 	}
 	status := a.finalStatus()
 	s.remember(a)
+	if a.hosted.stopped {
+		resp.json(200, a.response(status, nil))
+		return
+	}
 	resp.json(200, a.response(status, a.output(a.message(status, a.text))))
 }
 
@@ -845,17 +880,24 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 	e := &sseStream{s: s, ctx: ctx, w: w, rc: http.NewResponseController(w), rec: rec, interval: interval}
 
 	if !e.send("response.created", &responseEvent{Response: a.response("in_progress", nil)}, interval) ||
-		!e.send("response.in_progress", &responseEvent{Response: a.response("in_progress", nil)}, interval) {
+		!e.send("response.in_progress", &responseEvent{Response: a.response("in_progress", nil)}, interval) ||
+		!s.streamHosted(e, a) {
+		return
+	}
+	if a.hosted.stopped {
+		// An approval request ends the response: no message.
+		s.remember(a)
+		e.send("response.completed", &responseEvent{Response: a.response("completed", nil)}, interval)
 		return
 	}
 	obfuscate := a.req.IncludeObfuscation == nil || *a.req.IncludeObfuscation
 	if a.noMessage {
-		first := 0
+		first := a.msgIndex
 		if a.reasoning != nil {
-			if !e.streamReasoning(a.reasoning) {
+			if !e.streamReasoning(a.reasoning, first) {
 				return
 			}
-			first = 1
+			first++
 		}
 		if !e.streamCalls(a, first, obfuscate) {
 			return
@@ -865,8 +907,8 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 		e.send("response.completed", &responseEvent{Response: a.response("completed", a.output())}, interval)
 		return
 	}
-	if !e.send("response.output_item.added", &outputItemEvent{Item: a.message("in_progress", "")}, interval) ||
-		!e.send("response.content_part.added", &contentPartEvent{ItemID: a.msgID, Part: newOutputText("")}, interval) {
+	if !e.send("response.output_item.added", &outputItemEvent{OutputIndex: a.msgIndex, Item: a.message("in_progress", "")}, interval) ||
+		!e.send("response.content_part.added", &contentPartEvent{ItemID: a.msgID, OutputIndex: a.msgIndex, Part: newOutputText("")}, interval) {
 		return
 	}
 	deltaWait := interval
@@ -882,7 +924,7 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 		if i == len(a.deltas) {
 			break
 		}
-		ev := &textDeltaEvent{ItemID: a.msgID, Delta: a.deltas[i], Logprobs: []any{}}
+		ev := &textDeltaEvent{ItemID: a.msgID, OutputIndex: a.msgIndex, Delta: a.deltas[i], Logprobs: []any{}}
 		if obfuscate {
 			ev.Obfuscation = obfuscation(ev.Delta)
 		}
@@ -890,16 +932,22 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 			return
 		}
 		sent.WriteString(a.deltas[i])
+		if !a.sendAnnotations(e, runes(sent.String())) {
+			return
+		}
+	}
+	if !a.sendAnnotations(e, math.MaxInt) { // citations past the text's end
+		return
 	}
 
 	status := a.finalStatus()
 	item := a.message(status, a.text)
-	if !e.send("response.output_text.done", &textDoneEvent{ItemID: a.msgID, Text: a.text, Logprobs: []any{}}, interval) ||
-		!e.send("response.content_part.done", &contentPartEvent{ItemID: a.msgID, Part: newOutputText(a.text)}, interval) ||
-		!e.send("response.output_item.done", &outputItemEvent{Item: item}, interval) {
+	if !e.send("response.output_text.done", &textDoneEvent{ItemID: a.msgID, OutputIndex: a.msgIndex, Text: a.text, Logprobs: []any{}}, interval) ||
+		!e.send("response.content_part.done", &contentPartEvent{ItemID: a.msgID, OutputIndex: a.msgIndex, Part: a.doneText(a.text)}, interval) ||
+		!e.send("response.output_item.done", &outputItemEvent{OutputIndex: a.msgIndex, Item: item}, interval) {
 		return
 	}
-	if status == "completed" && !e.streamCalls(a, 1, obfuscate) {
+	if status == "completed" && !e.streamCalls(a, a.msgIndex+1, obfuscate) {
 		return
 	}
 	s.remember(a)

@@ -452,6 +452,7 @@ func parseResponses(body []byte) (*ResponsesRequest, *apiError) {
 	for _, parse := range []func(map[string]any, *ResponsesRequest) *apiError{
 		parseReasoning, parseMetadata, parseText, parseTools, parseToolChoice, parseStreamOptions,
 		parseConversation, parseContextManagement, parseModeration, parsePromptCacheOptions,
+		parseHostedToolRules,
 	} {
 		if err := parse(root, req); err != nil {
 			return nil, err
@@ -645,6 +646,9 @@ func parseTools(root map[string]any, _ *ResponsesRequest) *apiError {
 			return invalidValue(p+".type", typ, toolTypes()...)
 		}
 		if typ != "function" {
+			if err := parseHostedTool(to, p, typ); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := checkKeys(to, p, "type", "name", "parameters", "strict", "description",

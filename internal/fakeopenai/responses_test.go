@@ -406,6 +406,7 @@ func TestResponsesPromptWithoutModel(t *testing.T) {
 
 // Every documented top-level parameter at once, with nested shapes the
 // agent and other clients send, is accepted and echoed.
+// (Effort low: OpenAI refuses web_search at minimal effort.)
 func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 	s := newTestServer(t, Options{})
 	first := postJSON(t, s, `{"model":"m","input":"x"}`).json(t)
@@ -432,7 +433,7 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 			{"type": "compaction_trigger"}
 		],
 		"max_output_tokens": 512, "safety_identifier": "s1",
-		"reasoning": {"effort": "minimal", "summary": "auto", "context": "auto", "mode": "standard"},
+		"reasoning": {"effort": "low", "summary": "auto", "context": "auto", "mode": "standard"},
 		"tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}, "required": [], "additionalProperties": false}, "strict": true, "description": "d"},
 		          {"type": "web_search"}],
 		"tool_choice": {"type": "function", "name": "f"}, "parallel_tool_calls": false,
@@ -452,7 +453,7 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 		"parallel_tool_calls": false, "tool_choice": map[string]any{"type": "function", "name": "f"},
 		"truncation": "auto", "user": "u", "metadata": map[string]any{"k": "v"}, "max_tool_calls": float64(3),
 		"top_logprobs": float64(2), "prompt_cache_key": "pck", "prompt_cache_retention": "24h",
-		"reasoning": map[string]any{"effort": "minimal", "summary": "auto"},
+		"reasoning": map[string]any{"effort": "low", "summary": "auto"},
 	} {
 		if !jsonEqual(r[k], v) {
 			t.Errorf("%s = %#v, want %#v", k, r[k], v)
@@ -465,7 +466,7 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 	if len(lr.Input) != 13 || lr.Input[2].Text != "look" || len(lr.Input[2].Content) != 3 ||
 		lr.Input[3].Text != "t\nno" || lr.Input[5].CallID != "call_1" || lr.Input[6].Text != "42" ||
 		lr.Input[9].Type != "item_reference" || lr.Input[10].Type != "item_reference" || lr.Input[4].Text != "why" ||
-		*lr.Reasoning.Effort != "minimal" || lr.Metadata["k"] != "v" || *lr.SafetyIdentifier != "s1" {
+		*lr.Reasoning.Effort != "low" || lr.Metadata["k"] != "v" || *lr.SafetyIdentifier != "s1" {
 		t.Errorf("parsed input %+v", lr.Input)
 	}
 }

@@ -15,6 +15,7 @@ const chat = {
   threadId: null, // the open thread; null for a new chat (created by the first message)
   controller: null, // aborts the running stream (the Stop button)
   parts: new Map(), // assistant item id -> its content parts' texts, as they stream
+  annotations: new Map(), // assistant item id -> the citations streamed so far
 };
 
 // post sends one ChatKit request.
@@ -162,8 +163,42 @@ function renderItem(item, state) {
   }
   li.dataset.state = state;
   li.querySelector('.text').textContent = itemText(item);
+  renderSources(li, (item.content || []).flatMap((c) => c.annotations || []));
   li.scrollIntoView({ block: 'end' });
   return li;
+}
+
+// renderSources lists an answer's citations under its text: a link for a
+// web page, the name for a file. (Not list items: the page's messages are.)
+function renderSources(li, annotations) {
+  let box = li.querySelector('.sources');
+  if (!annotations.length) {
+    if (box) box.remove();
+    return;
+  }
+  if (!box) {
+    box = document.createElement('p');
+    box.className = 'sources';
+    li.appendChild(box);
+  }
+  box.replaceChildren(
+    'Sources: ',
+    ...annotations.map((a, i) => {
+      const src = a.source || {};
+      let el;
+      if (src.type === 'url' && /^https?:\/\//.test(src.url || '')) {
+        el = document.createElement('a');
+        el.href = src.url;
+        el.target = '_blank';
+        el.rel = 'noopener noreferrer';
+      } else {
+        el = document.createElement('span');
+      }
+      el.className = 'source';
+      el.textContent = '[' + (i + 1) + '] ' + (src.title || src.url || src.filename || 'source');
+      return el;
+    }),
+  );
 }
 
 // applyUpdate applies a thread.item.updated event to a streaming answer.
@@ -180,6 +215,13 @@ function applyUpdate(itemId, u) {
     case 'assistant_message.content_part.text_delta':
       parts[i] = (parts[i] || '') + (u.delta || '');
       break;
+    case 'assistant_message.content_part.annotation_added': {
+      const live = chat.annotations.get(itemId) || [];
+      live.push(u.annotation);
+      chat.annotations.set(itemId, live);
+      renderSources(li, live);
+      return;
+    }
     default:
       return;
   }
@@ -206,7 +248,10 @@ function handleEvent(ev, res) {
       if (ev.thread.id === chat.threadId) setThread(ev.thread.id, ev.thread.title);
       break;
     case 'thread.item.added':
-      if (ev.item.type === 'assistant_message') chat.parts.set(ev.item.id, (ev.item.content || []).map((c) => c.text || ''));
+      if (ev.item.type === 'assistant_message') {
+        chat.parts.set(ev.item.id, (ev.item.content || []).map((c) => c.text || ''));
+        setStatus('streaming', 'streaming…'); // any tool has finished
+      }
       renderItem(ev.item, 'streaming');
       break;
     case 'thread.item.updated':
@@ -214,8 +259,13 @@ function handleEvent(ev, res) {
       break;
     case 'thread.item.done':
       chat.parts.delete(ev.item.id);
+      chat.annotations.delete(ev.item.id);
       renderItem(ev.item, 'done');
       if (ev.item.type === 'user_message') $('input').value = ''; // saved: the composer can let go of it
+      break;
+    case 'progress_update':
+      // A hosted tool is running ("Searching caddyserver.com…").
+      setStatus('streaming', ev.text || 'working…');
       break;
     case 'stream_options':
       $('stop').disabled = !(ev.stream_options && ev.stream_options.allow_cancel);
