@@ -216,7 +216,7 @@ const (
 	qUpdateThread   = `UPDATE threads SET updated_at = ?, title = coalesce(?, title), status = coalesce(?, status), metadata = coalesce(?, metadata)
 		WHERE id = ? AND owner = ? RETURNING ` + threadCols
 	qTouchThread  = `UPDATE threads SET updated_at = ? WHERE id = ? AND owner = ?`
-	qCountThread  = `SELECT (SELECT count(*) FROM items WHERE thread_id = ?1), (SELECT count(*) FROM feedback WHERE thread_id = ?1)`
+	qCountThread  = `SELECT (SELECT count(*) FROM items WHERE thread_id = ?1), (SELECT count(*) FROM feedback WHERE thread_id = ?1), (SELECT count(*) FROM attachments WHERE thread_id = ?1)`
 	qDeleteThread = `DELETE FROM threads WHERE id = ?`
 
 	qAddItem  = `INSERT INTO items (thread_id, id, created_at, type, data) VALUES (?, ?, ?, ?, ?) RETURNING seq, created_at`
@@ -443,7 +443,7 @@ func (s *SQLiteStore) DeleteThread(ctx context.Context, owner, id string) (Delet
 		}
 		// Cascaded rows are not in the statement's change count: count them first.
 		if err := tx.QueryRowContext(ctx, qCountThread, id).
-			Scan(&d.Items, &d.Feedback); err != nil {
+			Scan(&d.Items, &d.Feedback, &d.Attachments); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx, qDeleteThread, id)

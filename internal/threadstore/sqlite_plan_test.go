@@ -21,6 +21,9 @@ func TestSQLiteQueryPlans(t *testing.T) {
 		"update thread": qUpdateThread, "touch thread": qTouchThread, "count thread": qCountThread,
 		"delete thread": qDeleteThread, "item": qItem, "item position": qItemPosition,
 		"delete items after": qDeleteItemsAfter, "feedback": qFeedback,
+		"attachment": qAttachment, "attachment meta": qAttachmentMeta, "upload attachment": qUploadAttachment,
+		"attach attachment": qAttachAttachment, "delete attachment": qDeleteAttachment,
+		"delete unattached": qDeleteUnattached,
 	}
 	for _, order := range []Order{Asc, Desc} {
 		for _, cursor := range []bool{false, true} {

@@ -45,6 +45,22 @@ var sqliteMigrations = []string{
 		PRIMARY KEY (thread_id, item_id),
 		FOREIGN KEY (thread_id, item_id) REFERENCES items (thread_id, id) ON DELETE CASCADE
 	) STRICT, WITHOUT ROWID;`,
+	// 2: attachments. thread_id is NULL until a message names the attachment;
+	// data is NULL until it is uploaded. The sweep of uploads never attached
+	// reads the partial index.
+	`CREATE TABLE attachments (
+		seq        INTEGER PRIMARY KEY,
+		id         TEXT NOT NULL UNIQUE,
+		owner      TEXT NOT NULL,
+		thread_id  TEXT REFERENCES threads (id) ON DELETE CASCADE,
+		name       TEXT NOT NULL,
+		mime_type  TEXT NOT NULL,
+		size       INTEGER NOT NULL,
+		created_at INTEGER NOT NULL,
+		data       BLOB
+	) STRICT;
+	CREATE INDEX attachments_by_thread ON attachments (thread_id);
+	CREATE INDEX attachments_unattached ON attachments (created_at) WHERE thread_id IS NULL;`,
 }
 
 // migrateSQLite brings the database to the newest schema, refusing a database that

@@ -1,5 +1,5 @@
-// Package threadstore keeps ChatKit threads, their items and item feedback for the
-// agent mode, scoped by owner.
+// Package threadstore keeps ChatKit threads, their items, item feedback and the
+// files users attach to their messages for the agent mode, scoped by owner.
 //
 // It knows nothing of Caddy or HTTP. The caller (the agent handler) builds the item
 // JSON the client sees and generates every id; the store keeps it as an opaque blob
@@ -127,9 +127,10 @@ type ThreadUpdate struct {
 
 // Deleted counts what a delete removed.
 type Deleted struct {
-	Threads  int64
-	Items    int64
-	Feedback int64
+	Threads     int64
+	Items       int64
+	Feedback    int64
+	Attachments int64
 }
 
 // Store is a thread store. All methods are safe for concurrent use.
@@ -170,6 +171,8 @@ type Store interface {
 	AddFeedback(ctx context.Context, owner, threadID string, itemIDs []string, kind FeedbackKind) error
 	// Feedback returns the feedback on the owner's thread, in item order.
 	Feedback(ctx context.Context, owner, threadID string) ([]Feedback, error)
+
+	AttachmentStore
 
 	// Close releases the store; later calls answer ErrClosed. Safe to call twice.
 	Close() error

@@ -1,6 +1,6 @@
 // Package storetest is the conformance suite every threadstore.Store implementation
-// passes: ordering, pagination, ownership, cascades, retries, feedback, concurrency and
-// errors, all through the Store interface.
+// passes: ordering, pagination, ownership, cascades, retries, feedback, attachments,
+// concurrency and errors, all through the Store interface.
 package storetest
 
 import (
@@ -42,6 +42,10 @@ func Run(t *testing.T, open func(t *testing.T) threadstore.Store) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"CancelledContext", testCancelledContext},
 		{"Closed", testClosed},
+		{"Attachments", testAttachments},
+		{"AttachToThread", testAttachToThread},
+		{"AttachmentsCascadeWithThread", testAttachmentsCascadeWithThread},
+		{"DeleteUnattached", testDeleteUnattached},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
