@@ -1,6 +1,7 @@
 package fakeopenai
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"maps"
 	"slices"
@@ -79,6 +80,10 @@ type ContentPart struct {
 	// Text is the text of input_text and output_text parts and the refusal
 	// of refusal parts.
 	Text string
+	// ImageURL and Detail are an input_image's (a URL or a data URL).
+	ImageURL, Detail string
+	// FileData (a data URL) and Filename are an input_file's.
+	FileData, Filename string
 }
 
 func (r *ResponsesRequest) clone() *ResponsesRequest {
@@ -1235,6 +1240,9 @@ func parsePart(po map[string]any, pp string, allowed []string) (ContentPart, *ap
 		if err := checkStrings(po, pp, "file_id", "image_url"); err != nil {
 			return part, err
 		}
+		if err := checkInputImage(po, pp, &part); err != nil {
+			return part, err
+		}
 	case "input_file":
 		if err := checkKeys(po, pp, "type", "detail", "file_data", "file_id", "file_url", "filename", "prompt_cache_breakpoint"); err != nil {
 			return part, err
@@ -1243,6 +1251,9 @@ func parsePart(po map[string]any, pp string, allowed []string) (ContentPart, *ap
 			return part, err
 		}
 		if err := checkStrings(po, pp, "file_data", "file_id", "file_url", "filename"); err != nil {
+			return part, err
+		}
+		if err := checkInputFile(po, pp, &part); err != nil {
 			return part, err
 		}
 	case "output_text":
@@ -1300,4 +1311,82 @@ func checkBreakpoint(po map[string]any, pp string) *apiError {
 	}
 	_, err = enumValue(bo["mode"], bp+".mode", "explicit")
 	return err
+}
+
+// The image types OpenAI's images guide lists for input_image
+// (developers.openai.com/api/docs/guides/images-vision: PNG, JPEG, WEBP and
+// non-animated GIF).
+func inputImageTypes() []string {
+	return []string{"image/png", "image/jpeg", "image/webp", "image/gif"}
+}
+
+// checkInputImage applies the rules of an input_image beyond its fields'
+// types: exactly one source (file_id or image_url), and an image_url that is
+// an http(s) URL or a base64 data URL of an image type. The reference types
+// these as plain strings; the live API refuses the rest when it fetches or
+// decodes them, which the fake does at once.
+func checkInputImage(po map[string]any, pp string, part *ContentPart) *apiError {
+	url, hasURL := po["image_url"].(string)
+	_, hasID := po["file_id"].(string)
+	switch {
+	case hasURL == hasID:
+		return invalidRequest(pp, "invalid_value", "An input_image needs exactly one of 'image_url' or 'file_id'.")
+	case hasURL:
+		if err := checkDataURL(url, join(pp, "image_url"), inputImageTypes(), true); err != nil {
+			return err
+		}
+		part.ImageURL = url
+	}
+	part.Detail, _ = po["detail"].(string)
+	return nil
+}
+
+// checkInputFile applies the rules of an input_file beyond its fields'
+// types: exactly one source (file_data, file_id or file_url), file_data a
+// base64 data URL, and a filename with it (OpenAI's file inputs guide sends
+// `{"type":"input_file","filename":"document.pdf","file_data":"data:application/pdf;base64,..."}`).
+func checkInputFile(po map[string]any, pp string, part *ContentPart) *apiError {
+	sources := 0
+	for _, k := range []string{"file_data", "file_id", "file_url"} {
+		if _, ok := po[k].(string); ok {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return invalidRequest(pp, "invalid_value", "An input_file needs exactly one of 'file_data', 'file_id' or 'file_url'.")
+	}
+	data, ok := po["file_data"].(string)
+	if !ok {
+		return nil
+	}
+	if err := checkDataURL(data, join(pp, "file_data"), nil, false); err != nil {
+		return err
+	}
+	name, _ := po["filename"].(string)
+	if name == "" {
+		return missingParam(join(pp, "filename"))
+	}
+	part.FileData, part.Filename = data, name
+	return nil
+}
+
+// checkDataURL checks `data:<type>;base64,<data>` with valid standard
+// base64; types, when given, are the MIME types allowed. With web set, an
+// http(s) URL is accepted instead.
+func checkDataURL(v, p string, types []string, web bool) *apiError {
+	if web && (strings.HasPrefix(v, "https://") || strings.HasPrefix(v, "http://")) {
+		return nil
+	}
+	head, payload, ok := strings.Cut(v, ",")
+	mime, isBase64 := strings.CutSuffix(strings.TrimPrefix(head, "data:"), ";base64")
+	if !ok || !strings.HasPrefix(head, "data:") || !isBase64 || mime == "" {
+		return invalidRequest(p, "invalid_value", "Invalid '%s'. Expected a base64-encoded data URL (e.g. 'data:image/png;base64,aW1n').", p)
+	}
+	if types != nil && !slices.Contains(types, mime) {
+		return invalidRequest(p, "invalid_value", "Invalid '%s'. Expected a base64-encoded data URL with an image MIME type, but got unsupported MIME type '%s'.", p, mime)
+	}
+	if _, err := base64.StdEncoding.DecodeString(payload); err != nil || payload == "" {
+		return invalidRequest(p, "invalid_value", "Invalid '%s'. The data URL does not hold valid base64 data.", p)
+	}
+	return nil
 }

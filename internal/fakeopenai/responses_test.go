@@ -471,6 +471,31 @@ func TestResponsesAcceptsDocumentedParameters(t *testing.T) {
 	}
 }
 
+// TestResponsesInlineImageAndFile accepts the inline shapes OpenAI's guides
+// document (an image as a data URL, a file as file_data with its filename)
+// and records them.
+func TestResponsesInlineImageAndFile(t *testing.T) {
+	s := newTestServer(t, Options{})
+	streamAll(t, s, `{"model":"m","stream":true,"input":[{"role":"user","content":[
+		{"type":"input_text","text":"what is this?"},
+		{"type":"input_image","image_url":"data:image/png;base64,iVBORw0KGgo=","detail":"auto"},
+		{"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,JVBERi0xLjQ="}]}]}`)
+	in := s.LastResponses().Input
+	if len(in) != 1 || len(in[0].Content) != 3 {
+		t.Fatalf("input %+v", in)
+	}
+	img, file := in[0].Content[1], in[0].Content[2]
+	if img.Type != "input_image" || img.ImageURL != "data:image/png;base64,iVBORw0KGgo=" || img.Detail != "auto" {
+		t.Errorf("image part %+v", img)
+	}
+	if file.Type != "input_file" || file.Filename != "a.pdf" || file.FileData != "data:application/pdf;base64,JVBERi0xLjQ=" {
+		t.Errorf("file part %+v", file)
+	}
+	if in[0].Text != "what is this?" {
+		t.Errorf("text %q", in[0].Text)
+	}
+}
+
 func TestResponsesValidation(t *testing.T) {
 	s := newTestServer(t, Options{})
 	msg := func(content string) string {
@@ -511,6 +536,16 @@ func TestResponsesValidation(t *testing.T) {
 		{"part unknown key", msg(`[{"type":"input_text","text":"x","cache":true}]`), 400, "unknown_parameter", "input[0].content[0].cache", ""},
 		{"part missing type", msg(`[{"text":"x"}]`), 400, "missing_required_parameter", "input[0].content[0].type", ""},
 		{"image detail", msg(`[{"type":"input_image","image_url":"u","detail":"huge"}]`), 400, "invalid_value", "input[0].content[0].detail", ""},
+		{"image with no source", msg(`[{"type":"input_image","detail":"auto"}]`), 400, "invalid_value", "input[0].content[0]", "exactly one of"},
+		{"image with two sources", msg(`[{"type":"input_image","image_url":"https://x.test/a.png","file_id":"file_1"}]`), 400, "invalid_value", "input[0].content[0]", "exactly one of"},
+		{"image url not a url", msg(`[{"type":"input_image","image_url":"a.png"}]`), 400, "invalid_value", "input[0].content[0].image_url", "data URL"},
+		{"image data url not base64", msg(`[{"type":"input_image","image_url":"data:image/png,abc"}]`), 400, "invalid_value", "input[0].content[0].image_url", "data URL"},
+		{"image data url of a pdf", msg(`[{"type":"input_image","image_url":"data:application/pdf;base64,JVBERi0="}]`), 400, "invalid_value", "input[0].content[0].image_url", "unsupported MIME type 'application/pdf'"},
+		{"image data url bad base64", msg(`[{"type":"input_image","image_url":"data:image/png;base64,@@@"}]`), 400, "invalid_value", "input[0].content[0].image_url", "valid base64"},
+		{"file with no source", msg(`[{"type":"input_file","filename":"a.pdf"}]`), 400, "invalid_value", "input[0].content[0]", "exactly one of"},
+		{"file data without filename", msg(`[{"type":"input_file","file_data":"data:application/pdf;base64,JVBERi0="}]`), 400, "missing_required_parameter", "input[0].content[0].filename", ""},
+		{"file data not a data url", msg(`[{"type":"input_file","file_data":"JVBERi0=","filename":"a.pdf"}]`), 400, "invalid_value", "input[0].content[0].file_data", "data URL"},
+		{"file data bad base64", msg(`[{"type":"input_file","file_data":"data:application/pdf;base64,%%","filename":"a.pdf"}]`), 400, "invalid_value", "input[0].content[0].file_data", "valid base64"},
 		{"breakpoint mode", msg(`[{"type":"input_text","text":"x","prompt_cache_breakpoint":{"mode":"implicit"}}]`), 400,
 			"invalid_value", "input[0].content[0].prompt_cache_breakpoint.mode", ""},
 		{"user message with id", item(`{"role":"user","id":"m1","content":"x"}`), 400, "unknown_parameter", "input[0].id", ""},
