@@ -179,6 +179,8 @@ type Agent struct {
 	// workflow above the answer, saved with the thread (never sent back to
 	// the model). Default: no summaries.
 	ReasoningSummary string `json:"reasoning_summary,omitempty"`
+	// Files visitors may attach to their messages. Default: off.
+	Attachments *AgentAttachments `json:"attachments,omitempty"`
 }
 
 // AgentPrompt names an OpenAI dashboard prompt.
@@ -252,6 +254,8 @@ type agentRuntime struct {
 	hostedTools []byte
 
 	userBudget, siteBudget *tokenLimit
+	// attach is nil when attachments are off.
+	attach *agentAttachments
 
 	dictation *agentDictation // nil when off
 
@@ -338,6 +342,7 @@ func (a *Agent) validate() error {
 		{a.TokenBudget != nil && a.TokenBudget.Site != nil, func() error { return checkTokenBudget("site", a.TokenBudget.Site) }},
 		{a.Dictation != nil, func() error { return a.Dictation.validate() }},
 		{a.Embed != nil, func() error { return a.Embed.validate() }},
+		{a.Attachments != nil, func() error { return a.Attachments.validate() }},
 	} {
 		if rule.set {
 			if err := rule.err(); err != nil {
@@ -366,6 +371,9 @@ type agentSubPath struct {
 	path     string
 	endpoint endpoint
 	name     string // for messages
+	// dir: a directory of attachment links, path being its prefix (the
+	// rest is an attachment id), answered only with attachments on.
+	dir bool
 }
 
 // agentSubPaths lists the paths the agent at agentPath answers below it.
@@ -376,6 +384,8 @@ func agentSubPaths(agentPath string) []agentSubPath {
 	base := strings.TrimSuffix(agentPath, "/")
 	return []agentSubPath{
 		{path: base + embedScriptName, endpoint: endpointEmbed, name: "embed.js"},
+		{path: base + "/" + agentUploadsDir + "/", endpoint: endpointAgentUpload, name: "uploads", dir: true},
+		{path: base + "/" + agentPreviewsDir + "/", endpoint: endpointAgentPreview, name: "previews", dir: true},
 	}
 }
 
@@ -385,7 +395,10 @@ func (a *agentRuntime) routeAgent(path string) endpoint {
 		return endpointAgent
 	}
 	for _, sp := range a.subPaths {
-		if path == sp.path {
+		switch {
+		case sp.dir && strings.HasPrefix(path, sp.path):
+			return a.attach.route(a.path, path)
+		case path == sp.path:
 			return sp.endpoint
 		}
 	}
@@ -406,6 +419,9 @@ func (h *Handler) checkAgentPathFree() error {
 	for _, sp := range agentSubPaths(p) {
 		if slices.Contains(others, sp.path) {
 			return refuse("agent", "the agent's %s path %q is also the start, refresh or health path; give that endpoint or the agent another path", sp.name, sp.path)
+		}
+		if sp.dir && slices.ContainsFunc(others, func(o string) bool { return strings.HasPrefix(o, sp.path) }) {
+			return refuse("agent", "the start, refresh or health path lies in the agent's %s directory %q; give that endpoint or the agent another path", sp.name, sp.path)
 		}
 	}
 	return nil
@@ -468,6 +484,7 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		return err
 	}
 	a.tools = tools
+	a.attach = newAgentAttachments(cfg.Attachments, h.apiKey)
 
 	dictation, err := newAgentDictation(cfg.Dictation, func(s string) string { return repl.ReplaceAll(s, "") })
 	if err != nil {
@@ -504,7 +521,7 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	storePath = filepath.Clean(storePath)
 	a.storeKey = agentStoreSQLite + ":" + storePath
 	val, _, err := agentStores.LoadOrNew(a.storeKey, func() (caddy.Destructor, error) {
-		return newAgentStoreHandle(storePath, openSQLiteStore(storePath)), nil
+		return newAgentStoreHandle(storePath, openSQLiteStore(storePath)).startSweeper(h.logger), nil
 	})
 	if err != nil {
 		return err
@@ -672,6 +689,7 @@ type agentStoreHandle struct {
 	users      int
 	destructed bool
 	waiting    int // requests waiting for the open in flight (tests watch it)
+	sweeper    *agentSweeper
 }
 
 func newAgentStoreHandle(path string, open func(context.Context) (threadstore.Store, error)) *agentStoreHandle {
@@ -761,6 +779,7 @@ func (s *agentStoreHandle) release() {
 // Destruct is called when no config uses the database any more; it closes
 // it now, or when the last request using it ends.
 func (s *agentStoreHandle) Destruct() error {
+	s.stopSweeper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.destructed = true
@@ -817,7 +836,8 @@ func agentMetricType(t string) string {
 	switch t {
 	case agentThreadsCreate, agentThreadsAddUserMessage, agentThreadsRetryAfterItem,
 		agentThreadsGetByID, agentThreadsList, agentItemsList, agentThreadsUpdate,
-		agentThreadsDelete, agentItemsFeedback, agentInputTranscribe:
+		agentThreadsDelete, agentItemsFeedback, agentInputTranscribe,
+		agentAttachmentsCreate, agentAttachmentsDelete:
 		return t
 	case "":
 		return "none"
@@ -864,7 +884,7 @@ func (h *Handler) serveAgent(x *exchange) {
 	if !ok {
 		return
 	}
-	req, derr := decodeAgentRequest(body, agentRequestLimits{MaxInput: a.maxInput})
+	req, derr := decodeAgentRequest(body, agentRequestLimits{MaxInput: a.maxInput, MaxAttachments: a.attach.maxFilesPerMessage()})
 	if own := a.maxBodyFor(req.Type); int64(len(body)) > own {
 		x.refuse(bodyTooLarge(own))
 		return
@@ -883,6 +903,8 @@ func (h *Handler) serveAgent(x *exchange) {
 	switch {
 	case req.Type == agentInputTranscribe:
 		h.serveTranscribe(x, &req)
+	case req.Type == agentAttachmentsCreate || req.Type == agentAttachmentsDelete:
+		h.serveAgentAttachment(x, &req)
 	case req.streaming():
 		h.serveAgentTurn(x, &req)
 	default:
@@ -961,7 +983,7 @@ func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
 			return
 		}
 		th := agentThreadOf(t)
-		out = th.appendJSON(make([]byte, 0, 512), agentVisibleItems(page.Data), page.HasMore, page.After)
+		out = th.appendJSON(make([]byte, 0, 512), h.agentItemsOut(x, agentVisibleItems(page.Data)), page.HasMore, page.After)
 	case agentThreadsList:
 		page, err := st.ListThreads(ctx, owner, req.After, req.Limit, threadstore.Order(req.Order))
 		if err != nil {
@@ -979,7 +1001,7 @@ func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
 			h.failAgentStore(x, "list items", err)
 			return
 		}
-		out = appendAgentItemsPage(make([]byte, 0, 512), agentVisibleItems(page.Data), page.HasMore, page.After)
+		out = appendAgentItemsPage(make([]byte, 0, 512), h.agentItemsOut(x, agentVisibleItems(page.Data)), page.HasMore, page.After)
 	case agentThreadsUpdate:
 		title := req.Title
 		t, err := st.UpdateThread(ctx, owner, req.ThreadID, threadstore.ThreadUpdate{Title: &title})

@@ -1076,6 +1076,8 @@ type agentStoredItem struct {
 	Content json.RawMessage `json:"content"`
 	// QuotedText is a user message's quoted passage.
 	QuotedText string `json:"quoted_text"`
+	// Attachments are a user message's files.
+	Attachments []agentAttachment `json:"attachments"`
 }
 
 // appendAgentHistory appends the Responses `input` array for a turn, built
@@ -1087,6 +1089,12 @@ type agentStoredItem struct {
 // left out, as chatkit-python's converter leaves reasoning out. skipped
 // counts items that could not be read.
 func appendAgentHistory(buf []byte, items []json.RawMessage, n int) (out []byte, skipped int) {
+	return appendAgentHistoryFiles(buf, items, n, nil)
+}
+
+// appendAgentHistoryFiles is appendAgentHistory with the files that user
+// messages carry sent inline after their text (see appendAgentUserParts).
+func appendAgentHistoryFiles(buf []byte, items []json.RawMessage, n int, files agentFiles) (out []byte, skipped int) {
 	if n > 0 && len(items) > n {
 		items = items[len(items)-n:]
 	}
@@ -1131,7 +1139,8 @@ func appendAgentHistory(buf []byte, items []json.RawMessage, n int) (out []byte,
 				text.WriteString(p.Text)
 			}
 			message("user")
-			inputText(text.String())
+			buf = appendAgentUserParts(buf, text.String(), it.Attachments, files)
+			buf = append(buf, "]}"...)
 			if it.QuotedText != "" && i == len(items)-1 {
 				message("user")
 				inputText("The user is referring to this in particular: \n" + it.QuotedText)

@@ -74,6 +74,10 @@ type agentTurn struct {
 	turnEnd               agentOutcomeKind
 	cut                   agentCut
 	rounds, toolCallsDone int
+
+	// files are the uploaded files the history's messages carry, sent
+	// inline with every round.
+	files agentFiles
 }
 
 // setAgentStreamHeaders sets what every event stream carries: the type,
@@ -177,6 +181,11 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 		}
 		t.retryItem = it.ID
 	}
+	if ids := req.Input.Attachments; len(ids) > 0 {
+		if _, ok := h.checkTurnAttachments(x, st, t.thread.ID, ids); !ok {
+			return
+		}
+	}
 
 	// The limits, decided before anything is saved or the model is called.
 	now := h.now()
@@ -233,13 +242,18 @@ func (t *agentTurn) run() {
 	switch t.req.Type {
 	case agentThreadsCreate, agentThreadsAddUserMessage:
 		msg := newAgentUserMessage(agentNewID("msg"), t.thread.ID, h.now(), t.req.Input)
+		if !t.attachToMessage(msg) {
+			t.flush()
+			h.guard.release(t.probe)
+			return
+		}
 		blob := msg.appendJSON(nil)
 		if !t.persist([]agentDoneItem{{ID: msg.ID, Type: agentItemUserMessage, CreatedAt: msg.CreatedAt, JSON: blob}}) {
 			t.flush()
 			h.guard.release(t.probe)
 			return
 		}
-		t.frames.itemDoneJSON(blob)
+		t.frames.itemDoneJSON(h.agentItemsOut(t.x, []json.RawMessage{blob})[0])
 		// Saved and sent: the model reads the message from the store, so
 		// the decoded copy is not held while the answer streams.
 		t.req.Input = agentUserInput{}
@@ -260,6 +274,9 @@ func (t *agentTurn) run() {
 	ctx, cancel := t.saveContext()
 	history, err := t.st.RecentItems(ctx, t.owner, t.thread.ID, a.history)
 	cancel()
+	if err == nil {
+		t.files, err = t.loadFiles(history, a.history)
+	}
 	if err != nil {
 		t.storeFailed("history", err)
 		t.flush()
@@ -484,7 +501,7 @@ func (t *agentTurn) fail(e *upstreamError) {
 // identifier.
 func (t *agentTurn) requestBody(history []threadstore.Item, turnItems []byte, final bool) []byte {
 	items := make([]json.RawMessage, len(history))
-	size := len(t.a.bodyHead) + len(turnItems) + 128
+	size := len(t.a.bodyHead) + len(turnItems) + 128 + t.files.size()
 	for i := range history {
 		items[i] = history[i].Data
 		size += len(history[i].Data)
@@ -495,7 +512,7 @@ func (t *agentTurn) requestBody(history []threadstore.Item, turnItems []byte, fi
 	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, t.a.bodyHead...)
-	buf, skipped := appendAgentHistory(buf, items, t.a.history)
+	buf, skipped := appendAgentHistoryFiles(buf, items, t.a.history, t.files)
 	if skipped > 0 && len(turnItems) == 0 {
 		t.h.logger.Warn("some stored thread items could not be read into the model's history",
 			zap.String("request_id", t.x.requestID), zap.String("thread_id", t.thread.ID), zap.Int("skipped", skipped))

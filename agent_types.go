@@ -36,6 +36,8 @@ const (
 	agentThreadsUpdate         = "threads.update"
 	agentThreadsDelete         = "threads.delete"
 	agentItemsFeedback         = "items.feedback"
+	agentAttachmentsCreate     = "attachments.create"
+	agentAttachmentsDelete     = "attachments.delete"
 )
 
 // Request bounds. Pages default to chatkit-python's DEFAULT_PAGE_SIZE and
@@ -75,6 +77,10 @@ type agentRequest struct {
 	// Audio is the recording to transcribe (input.transcribe, see
 	// agent_dictation.go).
 	Audio agentAudio
+	// File is what attachments.create declares.
+	File agentFileParams
+	// AttachmentID names the attachment (attachments.delete).
+	AttachmentID string
 }
 
 // streaming reports whether the request is answered with an event stream;
@@ -93,6 +99,8 @@ type agentUserInput struct {
 	Content []agentUserContent
 	// QuotedText is the passage the user replies to; "" means none.
 	QuotedText string
+	// Attachments are the ids of the files the message carries, each once.
+	Attachments []string
 	// InferenceOptions are echoed on the saved item; the configured model and
 	// tools are what the agent uses.
 	InferenceOptions agentInferenceOptions
@@ -121,6 +129,9 @@ type agentRequestLimits struct {
 	// MaxInput is the longest user message, in Unicode characters (its text
 	// and tag parts together; a quoted passage separately); 0 means no limit.
 	MaxInput int
+	// MaxAttachments is how many files a message may carry; 0 means
+	// attachments are off (attachments.create and .delete are refused too).
+	MaxAttachments int
 }
 
 // agentRequestErrorKind says why a request was refused.
@@ -208,6 +219,9 @@ func decodeAgentRequest(body []byte, lim agentRequestLimits) (agentRequest, erro
 	if keys == 0 && req.Type != agentInputTranscribe {
 		return req, &agentRequestError{Kind: agentErrUnknownType, Field: "type", Msg: "unknown request type " + agentQuoteShort(req.Type)}
 	}
+	if lim.MaxAttachments == 0 && (req.Type == agentAttachmentsCreate || req.Type == agentAttachmentsDelete) {
+		return req, &agentRequestError{Kind: agentErrUnknownType, Field: "type", Msg: "attachments are not enabled on this site"}
+	}
 	if params == nil {
 		return req, agentInvalid("params", "is required")
 	}
@@ -232,6 +246,10 @@ const (
 	agentKeyTitle
 	agentKeyItemIDs
 	agentKeyKind
+	agentKeyName
+	agentKeySize
+	agentKeyMimeType
+	agentKeyAttachmentID
 )
 
 // agentParamKeys returns the params keys a request type reads and which of
@@ -258,6 +276,11 @@ func agentParamKeys(t string) (keys, required uint16) {
 	case agentItemsFeedback:
 		k := agentKeyThreadID | agentKeyItemIDs | agentKeyKind
 		return k, k
+	case agentAttachmentsCreate:
+		k := agentKeyName | agentKeySize | agentKeyMimeType
+		return k, k
+	case agentAttachmentsDelete:
+		return agentKeyAttachmentID, agentKeyAttachmentID
 	}
 	return 0, 0
 }
@@ -283,6 +306,14 @@ func agentParamKey(key string) uint16 {
 		return agentKeyItemIDs
 	case "kind":
 		return agentKeyKind
+	case "name":
+		return agentKeyName
+	case "size":
+		return agentKeySize
+	case "mime_type":
+		return agentKeyMimeType
+	case "attachment_id":
+		return agentKeyAttachmentID
 	}
 	return 0
 }
@@ -333,6 +364,10 @@ func (r *agentRequest) decodeParams(params []byte, keys, required uint16, lim ag
 			if err == nil && r.Kind != "positive" && r.Kind != "negative" {
 				err = agentInvalid(field, `must be "positive" or "negative"`)
 			}
+		case agentKeyName, agentKeySize, agentKeyMimeType:
+			err = r.File.decodeParam(bit, val, field)
+		case agentKeyAttachmentID:
+			r.AttachmentID, err = agentID(val, field)
 		}
 		return err
 	})
@@ -340,7 +375,7 @@ func (r *agentRequest) decodeParams(params []byte, keys, required uint16, lim ag
 		return err
 	}
 	if missing := required &^ seen; missing != 0 {
-		for _, k := range []string{"thread_id", "item_id", "input", "title", "item_ids", "kind"} {
+		for _, k := range []string{"thread_id", "item_id", "input", "title", "item_ids", "kind", "name", "size", "mime_type", "attachment_id"} {
 			if missing&agentParamKey(k) != 0 {
 				return agentInvalid("params."+k, "is required")
 			}
@@ -414,12 +449,7 @@ func (in *agentUserInput) decode(val []byte, field string, lim agentRequestLimit
 		case kContent:
 			return in.decodeContent(v, f)
 		case kAttachments:
-			if !agentIsArray(v) {
-				return agentInvalid(f, "must be a list")
-			}
-			if agentArrayLen(v) != 0 {
-				return agentInvalid(f, "attachments are not supported")
-			}
+			return in.decodeAttachments(v, f, lim.MaxAttachments)
 		case kQuoted:
 			if !agentIsNull(v) {
 				var err error
@@ -442,7 +472,7 @@ func (in *agentUserInput) decode(val []byte, field string, lim agentRequestLimit
 			return agentInvalid(field+"."+k.name, "is required")
 		}
 	}
-	if strings.TrimSpace(in.text()) == "" {
+	if strings.TrimSpace(in.text()) == "" && len(in.Attachments) == 0 {
 		return agentInvalid(field+".content", "has no text")
 	}
 	return in.checkLength(lim.MaxInput)
@@ -687,13 +717,32 @@ func (r *agentRequest) appendJSON(buf []byte) []byte {
 	if r.Type == agentInputTranscribe {
 		buf = r.Audio.appendJSON(buf)
 	}
+	if keys&agentKeyName != 0 {
+		key("name")
+		buf = appendAgentString(buf, r.File.Name)
+		key("size")
+		buf = strconv.AppendInt(buf, r.File.Size, 10)
+		key("mime_type")
+		buf = appendAgentString(buf, r.File.MimeType)
+	}
+	if keys&agentKeyAttachmentID != 0 {
+		key("attachment_id")
+		buf = appendAgentString(buf, r.AttachmentID)
+	}
 	return append(buf, "}}"...)
 }
 
 func (in *agentUserInput) appendJSON(buf []byte) []byte {
 	buf = append(buf, `{"content":`...)
 	buf = appendAgentUserContent(buf, in.Content)
-	buf = append(buf, `,"attachments":[]`...)
+	buf = append(buf, `,"attachments":[`...)
+	for i, id := range in.Attachments {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendAgentString(buf, id)
+	}
+	buf = append(buf, ']')
 	if in.QuotedText != "" {
 		buf = append(buf, `,"quoted_text":`...)
 		buf = appendAgentString(buf, in.QuotedText)
@@ -1084,11 +1133,13 @@ type agentItem interface {
 type agentUserMessage struct {
 	agentItemHeader
 	Input agentUserInput
+	// Attachments are the files the message carries, as saved with it.
+	Attachments []agentAttachment
 }
 
 // newAgentUserMessage is the item a request's input becomes.
 func newAgentUserMessage(id, threadID string, at time.Time, in agentUserInput) *agentUserMessage {
-	return &agentUserMessage{agentItemHeader{id, threadID, at}, in}
+	return &agentUserMessage{agentItemHeader: agentItemHeader{id, threadID, at}, Input: in}
 }
 
 func (m *agentUserMessage) header() *agentItemHeader { return &m.agentItemHeader }
@@ -1098,7 +1149,14 @@ func (m *agentUserMessage) appendJSON(buf []byte) []byte {
 	buf = m.agentItemHeader.appendJSON(buf, agentItemUserMessage)
 	buf = append(buf, `,"content":`...)
 	buf = appendAgentUserContent(buf, m.Input.Content)
-	buf = append(buf, `,"attachments":[]`...)
+	buf = append(buf, `,"attachments":[`...)
+	for i := range m.Attachments {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = m.Attachments[i].appendJSON(buf, "", "")
+	}
+	buf = append(buf, ']')
 	if m.Input.QuotedText != "" {
 		buf = append(buf, `,"quoted_text":`...)
 		buf = appendAgentString(buf, m.Input.QuotedText)

@@ -63,6 +63,7 @@ func allAnswers() []answer {
 		answerTurnRateLimited, answerTurnBudget, answerTurnTokensUser, answerTurnTokensSite,
 		answerTurnLimiterDown, answerTurnCircuitOpen,
 		answerDictationOff, answerTokensUser, answerTokensSite,
+		answerUnsupportedMedia, answerAttachmentConflict, answerLinkInvalid,
 	}
 	for f := upstreamFailure(1); f < failureCount; f++ {
 		answers = append(answers, f.rule().answer)
@@ -95,6 +96,23 @@ var (
 	answerDictationOff = answer{http.StatusBadRequest, "dictation_off", "dictation is not enabled on this chat", outcomeBadRequest}
 	answerTokensUser   = answer{http.StatusTooManyRequests, "token_budget_exhausted", "this visitor's token budget is used up", outcomeTokenBudgetExhausted}
 	answerTokensSite   = answer{http.StatusServiceUnavailable, "token_budget_exhausted", "the site's token budget is used up", outcomeTokenBudgetExhausted}
+)
+
+// The agent's attachment answers (agent_attachments.go): a file whose bytes
+// are of a type the site does not accept, an attachment in the wrong state
+// for the request (not uploaded yet, uploaded already, in another thread),
+// and an upload or preview link that is forged, altered or expired.
+var (
+	answerUnsupportedMedia   = answer{http.StatusUnsupportedMediaType, "unsupported_media_type", "files of this type are not accepted here", outcomeUnsupportedMedia}
+	answerAttachmentConflict = answer{http.StatusConflict, "attachment_conflict", "the attachment cannot be used for this now", outcomeAttachmentConflict}
+	answerLinkInvalid        = answer{http.StatusForbidden, "link_invalid", "this link is not valid or has expired", outcomeLinkInvalid}
+)
+
+// Outcomes of the attachment answers.
+const (
+	outcomeUnsupportedMedia   = "unsupported_media_type"
+	outcomeAttachmentConflict = "attachment_conflict"
+	outcomeLinkInvalid        = "link_invalid"
 )
 
 // limitRefusals is the answer each of the limiter's refusals gets: as JSON,

@@ -182,6 +182,11 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //				header <name> <value>
 //			}
 //			reasoning_summary auto|concise|detailed
+//			attachments on|off {
+//				max_size <size>
+//				max_files <n>
+//				types <mime pattern>...
+//			}
 //
 //			domain_key <key>
 //			greeting <text>
@@ -565,6 +570,8 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		return intArg(d, &a.MaxToolCalls, checkAgentMaxToolCalls)
 	case "web_search", "file_search", "mcp", "reasoning_summary":
 		return a.parseToolOption(d, name)
+	case "attachments":
+		return a.parseAttachments(d)
 	}
 	if known, _ := embedOption(name); known {
 		return a.parseEmbedOption(d, name)

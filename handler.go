@@ -38,6 +38,8 @@ const (
 	endpointProtected
 	endpointAgent
 	endpointEmbed
+	endpointAgentUpload
+	endpointAgentPreview
 )
 
 func (e endpoint) String() string {
@@ -54,6 +56,10 @@ func (e endpoint) String() string {
 		return "agent"
 	case endpointEmbed:
 		return "embed"
+	case endpointAgentUpload:
+		return "agent_upload"
+	case endpointAgentPreview:
+		return "agent_preview"
 	}
 	return "none"
 }
@@ -141,6 +147,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.serveAgent(x)
 	case endpointEmbed:
 		h.serveEmbed(x)
+	case endpointAgentUpload:
+		h.serveAgentUpload(x)
+	case endpointAgentPreview:
+		h.serveAgentPreview(x)
 	default:
 		h.serveMint(x)
 	}

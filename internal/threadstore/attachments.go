@@ -39,6 +39,10 @@ type AttachmentStore interface {
 	CreateAttachment(ctx context.Context, a Attachment) (Attachment, error)
 	// Attachment returns the owner's attachment with that id, with its data.
 	Attachment(ctx context.Context, owner, id string) (Attachment, error)
+	// LinkedAttachment returns the attachment with that id whoever owns it, with
+	// its data: only for a request that a signed link authorizes in place of an
+	// identity (an upload or preview link the store's caller issued to the owner).
+	LinkedAttachment(ctx context.Context, id string) (Attachment, error)
 	// UploadAttachment stores the bytes and the type decided from them. The bytes
 	// of an attachment are written once: ErrExists if it was already uploaded.
 	UploadAttachment(ctx context.Context, owner, id, mimeType string, data []byte) (Attachment, error)

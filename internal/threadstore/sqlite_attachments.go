@@ -15,6 +15,7 @@ const (
 	qCreateAttachment = `INSERT INTO attachments (id, owner, name, mime_type, size, created_at) VALUES (?, ?, ?, ?, ?, ?)`
 	qAttachment       = `SELECT ` + attachmentCols + `, data FROM attachments WHERE id = ? AND owner = ?`
 	qAttachmentMeta   = `SELECT ` + attachmentCols + ` FROM attachments WHERE id = ? AND owner = ?`
+	qLinkedAttachment = `SELECT ` + attachmentCols + `, data FROM attachments WHERE id = ?`
 	// Only once: an upload never replaces bytes already stored.
 	qUploadAttachment = `UPDATE attachments SET mime_type = ?, size = ?, data = ? WHERE id = ? AND owner = ? AND data IS NULL
 		RETURNING ` + attachmentCols
@@ -75,6 +76,16 @@ func (s *SQLiteStore) Attachment(ctx context.Context, owner, id string) (Attachm
 	var a Attachment
 	err := s.read(ctx, "load attachment", func(tx *sql.Tx) (err error) {
 		a, err = scanAttachment(tx.QueryRowContext(ctx, qAttachment, id, owner), true)
+		return err
+	})
+	return a, err
+}
+
+// LinkedAttachment implements Store.
+func (s *SQLiteStore) LinkedAttachment(ctx context.Context, id string) (Attachment, error) {
+	var a Attachment
+	err := s.read(ctx, "load linked attachment", func(tx *sql.Tx) (err error) {
+		a, err = scanAttachment(tx.QueryRowContext(ctx, qLinkedAttachment, id), true)
 		return err
 	})
 	return a, err

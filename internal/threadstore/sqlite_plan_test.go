@@ -23,7 +23,7 @@ func TestSQLiteQueryPlans(t *testing.T) {
 		"delete items after": qDeleteItemsAfter, "feedback": qFeedback,
 		"attachment": qAttachment, "attachment meta": qAttachmentMeta, "upload attachment": qUploadAttachment,
 		"attach attachment": qAttachAttachment, "delete attachment": qDeleteAttachment,
-		"delete unattached": qDeleteUnattached,
+		"delete unattached": qDeleteUnattached, "linked attachment": qLinkedAttachment,
 	}
 	for _, order := range []Order{Asc, Desc} {
 		for _, cursor := range []bool{false, true} {

@@ -44,6 +44,11 @@ func testAttachments(t *testing.T, s threadstore.Store) {
 	}
 	_, err = s.Attachment(ctx, bob, "atc_1")
 	wantErr(t, "another owner's attachment", err, threadstore.ErrNotFound)
+	if l, err := s.LinkedAttachment(ctx, "atc_1"); err != nil || l.Owner != alice || l.Uploaded {
+		t.Fatalf("LinkedAttachment = %+v, %v", l, err)
+	}
+	_, err = s.LinkedAttachment(ctx, "atc_nope")
+	wantErr(t, "linked attachment that does not exist", err, threadstore.ErrNotFound)
 	_, err = s.UploadAttachment(ctx, bob, "atc_1", "image/png", []byte("evil"))
 	wantErr(t, "uploading to another owner's attachment", err, threadstore.ErrNotFound)
 
@@ -57,6 +62,9 @@ func testAttachments(t *testing.T, s threadstore.Store) {
 	got, err = s.Attachment(ctx, alice, "atc_1")
 	if err != nil || !got.Uploaded || !bytes.Equal(got.Data, data) || got.MimeType != "image/webp" {
 		t.Fatalf("Attachment after upload = %+v, %v", got, err)
+	}
+	if l, err := s.LinkedAttachment(ctx, "atc_1"); err != nil || !bytes.Equal(l.Data, data) || l.Owner != alice {
+		t.Fatalf("LinkedAttachment after upload = %+v, %v", l, err)
 	}
 
 	// An empty file is uploaded, not absent.
