@@ -373,7 +373,7 @@ func (f *agentFileParams) decodeParam(bit uint16, val []byte, field string) erro
 			return err
 		}
 		base, _, perr := mime.ParseMediaType(f.MimeType)
-		if perr != nil {
+		if perr != nil || strings.Count(base, "/") != 1 {
 			return agentInvalid(field, "is not a MIME type")
 		}
 		f.MimeType = base
