@@ -59,6 +59,8 @@ const (
 	// agentMultipartSlack is what a multipart upload may add around the
 	// file (boundaries and part headers).
 	agentMultipartSlack = 16 << 10
+	// agentUploadRate is the slowest upload waited for, in bytes a second.
+	agentUploadRate = 128 << 10
 	// agentMaxFileName bounds a file name, in characters.
 	agentMaxFileName = 255
 	// agentLinkLabel derives the link-signing key from the API key, so the
@@ -628,10 +630,18 @@ func (c *agentAttachments) typeMessage(t string) string {
 // ---------------------------------------------------------------- upload and preview
 
 // agentLinkCORS lets any page use a link: it is the credential, and no
-// cookie is read or set on these paths.
+// cookie is read or set on these paths, so a page whose fetch sends
+// credentials (a cross-origin embed) may read the answer too: its origin
+// is echoed, since browsers refuse `*` with credentials.
 func agentLinkCORS(x *exchange) {
 	hdr := x.w.Header()
-	hdr.Set("Access-Control-Allow-Origin", "*")
+	if origin := x.r.Header.Get("Origin"); origin != "" {
+		hdr.Set("Access-Control-Allow-Origin", origin)
+		hdr.Set("Access-Control-Allow-Credentials", "true")
+		hdr.Add("Vary", "Origin")
+	} else {
+		hdr.Set("Access-Control-Allow-Origin", "*")
+	}
 	hdr.Set("Cross-Origin-Resource-Policy", "cross-origin")
 }
 
@@ -705,7 +715,7 @@ func (h *Handler) serveAgentUpload(x *exchange) {
 	if !held {
 		return
 	}
-	body, ok := h.readRequestBody(x, limit)
+	body, ok := h.readRequestBodyWithin(x, limit, agentUploadReadTimeout(h.protected.pending.readTimeout(), limit))
 	release()
 	if !ok {
 		return
@@ -741,6 +751,13 @@ func (h *Handler) serveAgentUpload(x *exchange) {
 	out := agentAttachmentOf(up)
 	x.outcome = outcomeSuccess
 	x.writeJSON(http.StatusOK, out.appendJSON(make([]byte, 0, 512), "", c.previewLink(x, h.agent.path, &out, h.now())))
+}
+
+// agentUploadReadTimeout is how long an upload's body may take: the
+// module's read timeout, plus a second for every agentUploadRate bytes of
+// the largest upload (a 10 MiB file on a 1 Mbit/s uplink).
+func agentUploadReadTimeout(base time.Duration, limit int64) time.Duration {
+	return base + time.Duration(limit/agentUploadRate)*time.Second
 }
 
 // errNoFilePart: a multipart upload without its `file` part.

@@ -454,7 +454,8 @@ func TestAgentAttachmentPaths(t *testing.T) {
 	// Preflights from any page: the link is the credential.
 	r = do(t, plainClient(t), "OPTIONS", agentPath+"/uploads/atc_1", "", "Origin", "https://cdn.platform.openai.com",
 		"Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "content-type")
-	if r.status != http.StatusNoContent || r.header.Get("Access-Control-Allow-Origin") != "*" ||
+	if r.status != http.StatusNoContent || r.header.Get("Access-Control-Allow-Origin") != "https://cdn.platform.openai.com" ||
+		r.header.Get("Access-Control-Allow-Credentials") != "true" ||
 		!strings.Contains(r.header.Get("Access-Control-Allow-Methods"), "PUT") || r.header.Get("Access-Control-Allow-Headers") != "content-type" {
 		t.Fatalf("upload preflight %d %v", r.status, r.header)
 	}

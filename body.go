@@ -174,10 +174,16 @@ func bodyDeadline(x *exchange, timeout time.Duration) (undo func(ended bool)) {
 // the request itself (413, 408 or 400) and reports false when it cannot go
 // on.
 func (h *Handler) readRequestBody(x *exchange, limit int64) ([]byte, bool) {
+	return h.readRequestBodyWithin(x, limit, h.protected.pending.readTimeout())
+}
+
+// readRequestBodyWithin is readRequestBody with its own read timeout (an
+// attachment upload is larger than a ChatKit request).
+func (h *Handler) readRequestBodyWithin(x *exchange, limit int64, timeout time.Duration) ([]byte, bool) {
 	r := x.r
 	body, tooLarge, err := []byte(nil), r.ContentLength > limit, error(nil)
 	if !tooLarge && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		undo := bodyDeadline(x, h.protected.pending.readTimeout())
+		undo := bodyDeadline(x, timeout)
 		body, tooLarge, err = readBody(r, limit)
 		undo(err == nil && !tooLarge)
 	}
