@@ -13,6 +13,7 @@ package chatkit
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -230,13 +231,10 @@ func newAgentAttachments(cfg *AgentAttachments, apiKey string) *agentAttachments
 		return nil
 	}
 	c := &agentAttachments{
-		maxSize:  cmpOr64(cfg.MaxSize, defaultAttachmentMaxSize),
-		maxFiles: cfg.MaxFiles,
+		maxSize:  cmp.Or(cfg.MaxSize, defaultAttachmentMaxSize),
+		maxFiles: cmp.Or(cfg.MaxFiles, defaultAttachmentMaxFiles),
 		types:    defaultAttachmentTypes,
 		linkKey:  agentLinkKey(apiKey),
-	}
-	if c.maxFiles == 0 {
-		c.maxFiles = defaultAttachmentMaxFiles
 	}
 	if len(cfg.Types) > 0 {
 		c.types = make([]string, len(cfg.Types))
@@ -245,13 +243,6 @@ func newAgentAttachments(cfg *AgentAttachments, apiKey string) *agentAttachments
 		}
 	}
 	return c
-}
-
-func cmpOr64(v, def int64) int64 {
-	if v != 0 {
-		return v
-	}
-	return def
 }
 
 // maxFilesPerMessage is the decoder's bound: 0 when attachments are off.
@@ -273,12 +264,16 @@ func agentLinkKey(apiKey string) []byte {
 	return mac.Sum(nil)
 }
 
+// agentLinkBase is the agent path the links' directories hang from (an
+// agent path written with a trailing slash gets no double one).
+func agentLinkBase(agentPath string) string { return strings.TrimSuffix(agentPath, "/") }
+
 // route names the attachment endpoint at path (as the request arrived).
 func (c *agentAttachments) route(agentPath, path string) endpoint {
 	if c == nil {
 		return endpointNone
 	}
-	rest, ok := strings.CutPrefix(path, agentPath+"/")
+	rest, ok := strings.CutPrefix(path, agentLinkBase(agentPath)+"/")
 	if !ok {
 		return endpointNone
 	}
@@ -324,7 +319,7 @@ func (c *agentAttachments) linkSignature(kind, id string, exp int64) string {
 // trusted proxies): the SDK's types refuse relative URLs.
 func (c *agentAttachments) link(x *exchange, agentPath, kind, id string, expires time.Time) string {
 	exp := expires.Unix()
-	return x.scheme + "://" + siteHost(x.r) + agentPath + "/" + kind + "/" + id +
+	return x.scheme + "://" + siteHost(x.r) + agentLinkBase(agentPath) + "/" + kind + "/" + id +
 		"?exp=" + strconv.FormatInt(exp, 10) + "&sig=" + c.linkSignature(kind, id, exp)
 }
 
@@ -661,7 +656,7 @@ func serveAgentLinkPreflight(x *exchange, methods string) {
 // checkLink verifies the request's link and returns its attachment id; it
 // answers the request itself when the link is not valid.
 func (h *Handler) checkLink(x *exchange, kind string) (string, bool) {
-	id := strings.TrimPrefix(arrivedPath(x.r), h.agent.path+"/"+kind+"/")
+	id := strings.TrimPrefix(arrivedPath(x.r), agentLinkBase(h.agent.path)+"/"+kind+"/")
 	x.logFields = append(x.logFields, zap.String("attachment_id", id))
 	if !h.agent.attach.verifyLink(kind, id, arrivedURL(x.r).Query(), h.now()) {
 		x.refuse(answerLinkInvalid)
