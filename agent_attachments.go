@@ -215,6 +215,39 @@ func attachmentTypeMatches(pattern, t string) bool {
 // image (every recognized image type is one input_image takes).
 func attachmentIsImage(t string) bool { return strings.HasPrefix(t, "image/") }
 
+// agentAttachmentExtensions are the file name extensions of the
+// recognized types, for the composer's file picker (ChatKit's
+// ComposerOption.attachments.accept: MIME type to extensions).
+var agentAttachmentExtensions = map[string][]string{
+	"image/png":        {".png"},
+	"image/jpeg":       {".jpg", ".jpeg"},
+	"image/webp":       {".webp"},
+	"image/gif":        {".gif"},
+	"application/pdf":  {".pdf"},
+	"text/plain":       {".txt"},
+	"text/csv":         {".csv"},
+	"text/markdown":    {".md", ".markdown"},
+	"text/html":        {".html", ".htm"},
+	"application/json": {".json"},
+	"application/vnd.openxmlformats-officedocument.wordprocessingml.document":   {".docx"},
+	"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet":         {".xlsx"},
+	"application/vnd.openxmlformats-officedocument.presentationml.presentation": {".pptx"},
+}
+
+// embedAttachmentsFor is what embed.js tells the composer when
+// attachments are on: the same bounds the server enforces, so the widget
+// refuses a file before uploading it.
+func embedAttachmentsFor(cfg *AgentAttachments) *embedAttachments {
+	c := newAgentAttachments(cfg, "")
+	accept := map[string][]string{}
+	for _, t := range agentRecognizedTypes {
+		if c.allows(t) {
+			accept[t] = agentAttachmentExtensions[t]
+		}
+	}
+	return &embedAttachments{Enabled: true, MaxSize: c.maxSize, MaxCount: c.maxFiles, Accept: accept}
+}
+
 // ---------------------------------------------------------------- runtime
 
 // agentAttachments is the attachments configuration ready to serve; nil

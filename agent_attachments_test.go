@@ -537,7 +537,7 @@ func TestAgentAttachmentsConfig(t *testing.T) {
 	for raw, want := range map[string]string{
 		`{"agent":{"model":"m","attachments":{"enabled":true,"types":["audio/*"]}}}`:                                          "matches no type",
 		`{"agent":{"model":"m","attachments":{"enabled":true,"max_files":500}}}`:                                              "max_files must be",
-		`{"workflow":{"id":"wf"},"start_path":"/api/chatkit/uploads/x","agent":{"model":"m","attachments":{"enabled":true}}}`: "where the agent's attachments are answered",
+		`{"workflow":{"id":"wf"},"start_path":"/api/chatkit/uploads/x","agent":{"model":"m","attachments":{"enabled":true}}}`: "lies in the agent's uploads directory",
 	} {
 		h := cfDecode(t, raw)
 		if err := h.validate(); err == nil || !strings.Contains(err.Error(), want) {
@@ -674,5 +674,31 @@ func TestAgentStoreHandleSweeperStops(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the sweeper did not stop")
+	}
+}
+
+// TestAgentAttachmentsInEmbed: with attachments on, embed.js turns on the
+// composer's paperclip with the server's bounds and the two-phase upload;
+// off, neither.
+func TestAgentAttachmentsInEmbed(t *testing.T) {
+	h, err := cfParse("chatkit {\n\tagent {\n\t\tmodel m\n\t\tattachments on {\n\t\t\tmax_size 2MiB\n\t\t\tmax_files 3\n\t\t\ttypes image/png application/pdf\n\t\t}\n\t}\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := buildEmbedConfig(h.Agent, "/api/chatkit", "k")
+	if s := c.Options.API.UploadStrategy; s == nil || s.Type != "two_phase" {
+		t.Fatalf("upload strategy %+v", s)
+	}
+	at := c.Options.Composer.Attachments
+	if at == nil || !at.Enabled || at.MaxSize != 2<<20 || at.MaxCount != 3 || len(at.Accept) != 2 ||
+		strings.Join(at.Accept["image/png"], ",") != ".png" || strings.Join(at.Accept["application/pdf"], ",") != ".pdf" {
+		t.Fatalf("composer attachments %+v", at)
+	}
+	h, err = cfParse("chatkit {\n\tagent {\n\t\tmodel m\n\t\tattachments off\n\t}\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := buildEmbedConfig(h.Agent, "/api/chatkit", "k"); c.Options.API.UploadStrategy != nil || c.Options.Composer != nil {
+		t.Fatalf("attachments off: %+v", c.Options)
 	}
 }

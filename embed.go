@@ -443,8 +443,10 @@ func buildEmbedConfig(cfg *Agent, path, domainKey string) embedConfig {
 	if cfg.Dictation != nil && cfg.Dictation.Enabled {
 		composer.Dictation = &embedToggle{Enabled: true}
 	}
-	// HOOK (attachments): set o.API.UploadStrategy and
-	// composer.Attachments here.
+	if at := cfg.Attachments; at != nil && at.Enabled {
+		o.API.UploadStrategy = &embedUploadStrategy{Type: "two_phase"}
+		composer.Attachments = embedAttachmentsFor(at)
+	}
 	if *composer != (embedComposer{}) {
 		o.Composer = composer
 	}
