@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -309,6 +311,78 @@ func TestDemoChatsWithTheFake(t *testing.T) {
 	callJSON(t, c, d.site, "threads.list", map[string]any{"limit": 20, "order": "desc"}, &list)
 	if len(list.Data) != 1 || list.Data[0].ID != threadID {
 		t.Fatalf("after a restart threads.list = %+v, want %s", list, threadID)
+	}
+}
+
+// TestDemoAttachesAFile: the demo takes files the way the web component
+// sends them (attachments.create, then the bytes to the signed upload
+// link); the fake accepts the image as OpenAI would, and the thread keeps
+// the file with the message.
+func TestDemoAttachesAFile(t *testing.T) {
+	d := startDemo(t, t.TempDir(), nil)
+	c := newClient(t)
+	png, _ := base64.StdEncoding.DecodeString("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+	var att struct {
+		ID     string `json:"id"`
+		Upload struct {
+			URL    string `json:"url"`
+			Method string `json:"method"`
+		} `json:"upload_descriptor"`
+	}
+	callJSON(t, c, d.site, "attachments.create", map[string]any{"name": "dot.png", "size": len(png), "mime_type": "image/png"}, &att)
+	if att.ID == "" || !strings.HasPrefix(att.Upload.URL, "http://") {
+		t.Fatalf("attachments.create gave %+v", att)
+	}
+	var form bytes.Buffer
+	mw := multipart.NewWriter(&form)
+	fw, _ := mw.CreateFormFile("file", "dot.png")
+	_, _ = fw.Write(png)
+	_ = mw.Close()
+	req, _ := http.NewRequest(att.Upload.Method, att.Upload.URL, &form)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	res, err := http.DefaultClient.Do(req) // no cookie: the link is the credential
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("upload = %d: %s", res.StatusCode, b)
+	}
+
+	in := userInput("what is in this picture")
+	in["input"].(map[string]any)["attachments"] = []any{att.ID}
+	var threadID, answer string
+	for _, e := range stream(t, c, d.site, "threads.create", in) {
+		switch e.typ() {
+		case "thread.created":
+			threadID, _ = e.data["thread"].(map[string]any)["id"].(string)
+		case "thread.item.done":
+			if it := e.data["item"].(map[string]any); it["type"] == "assistant_message" {
+				answer, _ = it["content"].([]any)[0].(map[string]any)["text"].(string)
+			}
+		case "error":
+			t.Fatalf("the turn with a file failed: %v", e.data)
+		}
+	}
+	if answer != "You said: what is in this picture" {
+		t.Fatalf("answer %q", answer)
+	}
+	var thread struct {
+		Items struct {
+			Data []struct {
+				Type        string `json:"type"`
+				Attachments []struct {
+					ID, Name   string
+					PreviewURL string `json:"preview_url"`
+				} `json:"attachments"`
+			} `json:"data"`
+		} `json:"items"`
+	}
+	callJSON(t, c, d.site, "threads.get_by_id", map[string]any{"thread_id": threadID}, &thread)
+	if len(thread.Items.Data) == 0 || len(thread.Items.Data[0].Attachments) != 1 ||
+		thread.Items.Data[0].Attachments[0].Name != "dot.png" || thread.Items.Data[0].Attachments[0].PreviewURL == "" {
+		t.Fatalf("the message does not keep its file: %+v", thread.Items.Data)
 	}
 }
 

@@ -139,7 +139,10 @@ func run(ctx context.Context, opts options) error {
 	apiKey := strings.TrimSpace(getenv("OPENAI_API_KEY"))
 	minting := strings.TrimSpace(getenv("CHATKIT_WORKFLOW_ID")) != ""
 	cfg := demoConfig{Backend: "openai", Model: cmp.Or(opts.Model, defaultModel), Minting: minting}
-	var upstream, tools string
+	var upstream string
+	// Files go to the model inline, so the demo takes them with either
+	// backend (the fake checks how they are sent, as OpenAI would).
+	tools := "attachments on"
 	if apiKey != "" {
 		upstream = "api_key {env.OPENAI_API_KEY}"
 		logf("OPENAI_API_KEY is set: the agent talks to OpenAI for real, model %s", cfg.Model)
@@ -151,7 +154,7 @@ func run(ctx context.Context, opts options) error {
 		upstream = fmt.Sprintf("api_base %s\n\t\tapi_key %s", fake.URL(), fakeopenai.DefaultAPIKey)
 		// Every fake answer searches caddyserver.com first and cites it, so
 		// the page shows a tool in progress and a cited answer.
-		tools = "web_search " + demoSearchDomain
+		tools += "\n\t\t\tweb_search " + demoSearchDomain
 		fake.ScriptResponse(demoFakeScript())
 		logf("no OPENAI_API_KEY: the agent answers from the built-in fake OpenAI at %s, which echoes \"You said: …\" word by word every %v (no model runs)", fake.URL(), interval)
 	}

@@ -163,9 +163,37 @@ function renderItem(item, state) {
   }
   li.dataset.state = state;
   li.querySelector('.text').textContent = itemText(item);
+  renderAttachments(li, item.attachments || []);
   renderSources(li, (item.content || []).flatMap((c) => c.annotations || []));
   li.scrollIntoView({ block: 'end' });
   return li;
+}
+
+// renderAttachments names a message's files, with the picture when the
+// server gave a preview link.
+function renderAttachments(li, attachments) {
+  let box = li.querySelector('.files');
+  if (!attachments.length) {
+    if (box) box.remove();
+    return;
+  }
+  if (!box) {
+    box = document.createElement('p');
+    box.className = 'files';
+    li.appendChild(box);
+  }
+  box.replaceChildren(...attachments.map((a) => {
+    const el = document.createElement('span');
+    el.className = 'file';
+    if (a.preview_url && /^https?:\/\//.test(a.preview_url)) {
+      const img = document.createElement('img');
+      img.src = a.preview_url;
+      img.alt = '';
+      el.appendChild(img);
+    }
+    el.append('📎 ' + (a.name || 'file'));
+    return el;
+  }));
 }
 
 // renderSources lists an answer's citations under its text: a link for a
@@ -284,6 +312,16 @@ function handleEvent(ev, res) {
 // with it, and shows the answer as it streams.
 async function send(text) {
   const input = { content: [{ type: 'input_text', text }], attachments: [], inference_options: {} };
+  const file = $('attach').files[0];
+  if (file) {
+    try {
+      input.attachments.push(await upload(file));
+    } catch (e) {
+      showError(e.code || 'upload_failed', 'The file could not be attached: ' + e.message);
+      return;
+    }
+    $('attach').value = '';
+  }
   const [type, params] = chat.threadId
     ? ['threads.add_user_message', { thread_id: chat.threadId, input }]
     : ['threads.create', { input }];
@@ -316,6 +354,22 @@ async function send(text) {
     setStreaming(false);
     refreshThreads();
   }
+}
+
+// upload attaches a file the two-phase way the web component does: ask for
+// an attachment (attachments.create), send the bytes to its signed upload
+// link, and return its id for the message.
+async function upload(file) {
+  const att = await call('attachments.create', { name: file.name, size: file.size, mime_type: file.type || 'application/octet-stream' });
+  const to = att.upload_descriptor || { url: att.upload_url, method: 'POST' };
+  const form = new FormData();
+  form.append('file', file);
+  const res = await fetch(to.url, { method: to.method || 'POST', body: form });
+  if (!res.ok) {
+    const e = await answerError(res);
+    throw Object.assign(new Error(e.message), { code: e.code });
+  }
+  return att.id;
 }
 
 // refreshThreads lists the visitor's threads, newest first (threads.list).
