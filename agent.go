@@ -912,6 +912,15 @@ func (h *Handler) serveAgent(x *exchange) {
 	}
 }
 
+// openVisitorStore identifies the visitor, then opens the store for their
+// request; false when either step has answered the request.
+func (h *Handler) openVisitorStore(x *exchange) (threadstore.Store, func(), bool) {
+	if !h.identifyVisitor(x) {
+		return nil, nil, false
+	}
+	return h.openAgentStore(x)
+}
+
 // openAgentStore returns the store for this request, answering 503 when it
 // cannot be opened.
 func (h *Handler) openAgentStore(x *exchange) (threadstore.Store, func(), bool) {
@@ -954,10 +963,7 @@ func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
 	if !h.agentReadAllowed(x) {
 		return
 	}
-	if !h.identifyVisitor(x) {
-		return
-	}
-	st, release, ok := h.openAgentStore(x)
+	st, release, ok := h.openVisitorStore(x)
 	if !ok {
 		return
 	}

@@ -282,12 +282,8 @@ func (h *Handler) serveTranscribe(x *exchange, req *agentRequest) {
 	}
 
 	now := h.now()
-	switch scope, wait := a.zone.tokens.admit(x.user, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now)); scope {
-	case tokenScopeUser:
-		x.refuseAfter(answerTokensUser, wait)
-		return
-	case tokenScopeSite:
-		x.refuseAfter(answerTokensSite, wait)
+	if scope, wait := h.admitTokens(x.user, now); scope != tokenScopeNone {
+		x.refuseAfter(tokenRefusals[scope].json, wait)
 		return
 	}
 	cached, breakerWait, probe := h.guard.check(now)

@@ -103,6 +103,14 @@ const (
 	tokenScopeSite
 )
 
+// admitTokens decides a paid call for owner against the agent's token
+// budgets: tokenScopeNone admits it, else the budget that refused and the
+// wait until its window ends.
+func (h *Handler) admitTokens(owner string, now time.Time) (tokenScope, time.Duration) {
+	a := h.agent
+	return a.zone.tokens.admit(owner, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now))
+}
+
 // admit decides whether user may start a turn now (ns on the zone's
 // monotonic base); when not, it says which budget is spent and how long its
 // window still runs. A nil limit is no budget.

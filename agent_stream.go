@@ -150,10 +150,7 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 	if !x.admittedTurn(verdict) {
 		return
 	}
-	if !h.identifyVisitor(x) {
-		return
-	}
-	st, release, ok := h.openAgentStore(x)
+	st, release, ok := h.openVisitorStore(x)
 	if !ok {
 		return
 	}
@@ -189,12 +186,8 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 
 	// The limits, decided before anything is saved or the model is called.
 	now := h.now()
-	switch scope, wait := a.zone.tokens.admit(t.owner, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now)); scope {
-	case tokenScopeUser:
-		x.refuseTurn(answerTurnTokensUser, wait)
-		return
-	case tokenScopeSite:
-		x.refuseTurn(answerTurnTokensSite, wait)
+	if scope, wait := h.admitTokens(t.owner, now); scope != tokenScopeNone {
+		x.refuseTurn(tokenRefusals[scope].turn, wait)
 		return
 	}
 	if t.thread.ID != "" {

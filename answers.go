@@ -123,6 +123,13 @@ var limitRefusals = [...]struct{ json, turn answer }{
 	limitUnavailable:     {answerLimiterDown, answerTurnLimiterDown},
 }
 
+// tokenRefusals is the answer a token budget's refusal gets, as JSON and
+// for a model run, by the budget that refused (tokenScopeNone admits).
+var tokenRefusals = [...]struct{ json, turn answer }{
+	tokenScopeUser: {answerTokensUser, answerTurnTokensUser},
+	tokenScopeSite: {answerTokensSite, answerTurnTokensSite},
+}
+
 // withMessage is the same answer with a message that says more.
 func (a answer) withMessage(message string) answer {
 	a.message = message

@@ -133,6 +133,20 @@ type Fault struct {
 	Kind FaultKind
 }
 
+// popFault takes the next use of the first queued fault, nil when none is
+// queued; callers hold s.mu.
+func popFault(queue *[]*queuedFault) *Fault {
+	if len(*queue) == 0 {
+		return nil
+	}
+	q := (*queue)[0]
+	f := q.f
+	if q.left--; q.left <= 0 {
+		*queue = (*queue)[1:]
+	}
+	return &f
+}
+
 type queuedFault struct {
 	f    Fault
 	left int
@@ -542,14 +556,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.requests = append(s.requests, rec)
 	if isCreate {
 		s.createCount++
-		if len(s.faults) > 0 {
-			q := s.faults[0]
-			f := q.f
-			fault = &f
-			if q.left--; q.left <= 0 {
-				s.faults = s.faults[1:]
-			}
-		}
+		fault = popFault(&s.faults)
 	}
 	delay := s.delay
 	s.mu.Unlock()

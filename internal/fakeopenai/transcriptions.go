@@ -140,14 +140,7 @@ func (s *Server) serveTranscription(w http.ResponseWriter, r *http.Request) {
 	s.requests = append(s.requests, rec)
 	if isPost {
 		s.transcriptionCount++
-		if len(s.transcriptionFaults) > 0 {
-			q := s.transcriptionFaults[0]
-			f := q.f
-			fault = &f
-			if q.left--; q.left <= 0 {
-				s.transcriptionFaults = s.transcriptionFaults[1:]
-			}
-		}
+		fault = popFault(&s.transcriptionFaults)
 	}
 	delay := s.delay
 	s.mu.Unlock()
