@@ -173,6 +173,8 @@ type Store interface {
 	Feedback(ctx context.Context, owner, threadID string) ([]Feedback, error)
 
 	AttachmentStore
+	OwnerStore
+	ThreadLeaser
 
 	// Close releases the store; later calls answer ErrClosed. Safe to call twice.
 	Close() error
@@ -189,9 +191,64 @@ var (
 	// ErrUnavailable: the database cannot answer now (down, locked past the deadline,
 	// the context ended, or closed). Callers answer 503.
 	ErrUnavailable = errors.New("threadstore: unavailable")
+	// ErrBusy: another live claim holds the thread (ClaimThread), or a lease was
+	// lost to one (Renew).
+	ErrBusy = errors.New("threadstore: busy")
 	// ErrClosed: the store was closed. It is also an ErrUnavailable.
 	ErrClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 )
+
+// OwnerStore is the part of a Store that serves the site owner: a user's data
+// exported or erased, and the retention sweep.
+type OwnerStore interface {
+	// ExportOwner returns everything stored for owner: each of their threads
+	// (oldest first) with all its items in ascending order and its feedback, and
+	// every attachment they uploaded, with its data. ErrNotFound when nothing at
+	// all is stored for owner.
+	ExportOwner(ctx context.Context, owner string) (OwnerExport, error)
+	// DeleteOwner removes everything stored for owner (threads, items, feedback,
+	// attachments, attached or not) and counts it; zeros for an unknown owner.
+	DeleteOwner(ctx context.Context, owner string) (Deleted, error)
+	// DeleteIdleThreads removes every thread, of any owner, whose UpdatedAt is
+	// before the cutoff, with its items, feedback and attachments, and counts
+	// it. Where several processes share the database, one sweeps at a time: a
+	// call while another process's sweep runs returns zeros at once.
+	DeleteIdleThreads(ctx context.Context, before time.Time) (Deleted, error)
+}
+
+// OwnerExport is everything a store keeps for one owner.
+type OwnerExport struct {
+	Threads     []ThreadExport
+	Attachments []Attachment
+}
+
+// ThreadExport is one thread with all its items and feedback.
+type ThreadExport struct {
+	Thread   Thread
+	Items    []Item
+	Feedback []Feedback
+}
+
+// ThreadLeaser is the part of a Store that keeps one turn running per thread
+// across every process sharing the database.
+type ThreadLeaser interface {
+	// ClaimThread marks the thread (any owner's: callers check ownership first)
+	// as running a turn for ttl. ErrBusy when another live claim holds it. The
+	// holder renews the lease before ttl passes while the turn runs and
+	// releases it when the turn ends; the claim of a process that died lapses
+	// after ttl.
+	ClaimThread(ctx context.Context, threadID string, ttl time.Duration) (Lease, error)
+}
+
+// Lease is a live claim on a thread.
+type Lease interface {
+	// Renew extends the claim by its ttl from now; ErrBusy if it had lapsed
+	// and another claim took the thread.
+	Renew(ctx context.Context) error
+	// Release ends the claim (only this one: never a later holder's). Safe to
+	// call twice.
+	Release(ctx context.Context) error
+}
 
 // invalid returns an ErrInvalid that says what was wrong.
 func invalid(what string) error { return fmt.Errorf("%w: %s", ErrInvalid, what) }
