@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need: a real Redis for the distributed mode and
-# a real browser for the end-to-end tests of the demo page.
-APT_PACKAGES=(redis-server chromium)
+# Debian packages the tests need: a real Redis for the distributed mode, a
+# real PostgreSQL server for the PostgreSQL thread store and a real browser
+# for the end-to-end tests of the demo page.
+APT_PACKAGES=(redis-server postgresql chromium)
 
 XCADDY_VERSION=v0.4.5
 CADDY_VERSION=v2.11.9
@@ -18,10 +19,19 @@ MODULE=github.com/caddy-chatkit/caddy-chatkit
 
 STEP="setup"
 TMP=$(mktemp -d)
+PG_DIR="" # the test cluster's directory, once started
+PG_BIN=""
+PG_AS=() # runs a PostgreSQL program as the user who owns the cluster
 finish() {
 	local rc=$?
 	if [[ -f $TMP/redis.pid ]]; then
 		kill "$(cat "$TMP/redis.pid")" 2>/dev/null || true
+	fi
+	if [[ -n $PG_DIR ]]; then
+		if [[ -f $PG_DIR/data/postmaster.pid ]]; then
+			(cd "$PG_DIR" && "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" stop -m immediate >/dev/null 2>&1) || true
+		fi
+		rm -rf "$PG_DIR"
 	fi
 	rm -rf "$TMP"
 	if ((rc != 0)); then
@@ -103,6 +113,42 @@ done
 redis-cli -p "$REDIS_PORT" ping
 export CHATKIT_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export CHATKIT_REQUIRE_REDIS=1 CHATKIT_REQUIRE_BROWSER=1
+
+# One throwaway PostgreSQL cluster on a free loopback port, trusting
+# loopback and without fsync (its data dies with the run); the tests create
+# a database each. Debian keeps the server's programs off PATH. PostgreSQL
+# refuses to run as root, so as root the cluster belongs to the postgres
+# user, in a directory of its own (TMP is root's, mode 0700).
+step "starting PostgreSQL on a free loopback port"
+PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1)
+if [[ -z $PG_BIN || ! -x $PG_BIN/initdb ]]; then
+	echo "no PostgreSQL server programs under /usr/lib/postgresql/*/bin: install the postgresql package" >&2
+	exit 1
+fi
+PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 15433)
+PG_DIR=$(mktemp -d)
+if (($(id -u) == 0)); then
+	chown postgres: "$PG_DIR"
+	PG_AS=(runuser -u postgres --)
+fi
+if ! (cd "$PG_DIR" && "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$PG_DIR/initdb.log" 2>&1); then
+	cat "$PG_DIR/initdb.log" >&2
+	exit 1
+fi
+if ! (cd "$PG_DIR" && "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+	-o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DIR -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+	start >/dev/null); then
+	cat "$PG_DIR/server.log" >&2
+	exit 1
+fi
+for _ in $(seq 100); do
+	"$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+	sleep 0.1
+done
+"$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
+export CHATKIT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export CHATKIT_TEST_POSTGRES_BIN=$PG_BIN # for tests that start a cluster of their own
+export CHATKIT_REQUIRE_POSTGRES=1
 
 # -p 1: the root package's caddytest tests use fixed ports (admin 2999,
 # HTTP 9080/9443) and Caddy is one global instance per process, so no two
