@@ -10,7 +10,11 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -589,5 +593,134 @@ func TestPostgresExportOrder(t *testing.T) {
 	}
 	if _, err := s.ExportOwner(ctx, "nobody"); !errors.Is(err, threadstore.ErrNotFound) {
 		t.Fatalf("export of an unknown owner: %v", err)
+	}
+}
+
+func TestPostgresDeleteOwner(t *testing.T) {
+	ctx := context.Background()
+	s := openPG(t, freshDatabase(t), threadstore.PostgresOptions{})
+	for _, th := range []struct{ owner, id string }{{"alice", "a1"}, {"alice", "a2"}, {"bob", "b1"}} {
+		if _, err := s.CreateThread(ctx, threadstore.Thread{ID: th.id, Owner: th.owner}); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []string{"m1", "m2"} {
+			if _, err := s.AddItem(ctx, th.owner, threadstore.Item{ID: m, ThreadID: th.id, Type: "user_message", Data: json.RawMessage(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.AddFeedback(ctx, th.owner, th.id, []string{"m2"}, threadstore.Negative); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range []string{"att_" + th.id, "free_" + th.id} {
+			if _, err := s.CreateAttachment(ctx, threadstore.Attachment{ID: a, Owner: th.owner, Name: "f", MimeType: "text/plain"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.UploadAttachment(ctx, th.owner, a, "text/plain", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.AttachToThread(ctx, th.owner, th.id, []string{"att_" + th.id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exp, err := s.ExportOwner(ctx, "alice")
+	if err != nil || len(exp.Threads) != 2 || len(exp.Attachments) != 4 || len(exp.Threads[0].Items) != 2 || len(exp.Threads[0].Feedback) != 1 ||
+		string(exp.Attachments[0].Data) != "x" {
+		t.Fatalf("ExportOwner(alice) = %+v, %v", exp, err)
+	}
+	d, err := s.DeleteOwner(ctx, "alice")
+	if err != nil || d != (threadstore.Deleted{Threads: 2, Items: 4, Feedback: 2, Attachments: 4}) {
+		t.Fatalf("DeleteOwner(alice) = %+v, %v", d, err)
+	}
+	if _, err := s.ExportOwner(ctx, "alice"); !errors.Is(err, threadstore.ErrNotFound) {
+		t.Fatalf("export after delete: %v", err)
+	}
+	if d, err := s.DeleteOwner(ctx, "alice"); err != nil || d != (threadstore.Deleted{}) {
+		t.Fatalf("second DeleteOwner = %+v, %v", d, err)
+	}
+	exp, err = s.ExportOwner(ctx, "bob")
+	if err != nil || len(exp.Threads) != 1 || len(exp.Attachments) != 2 || len(exp.Threads[0].Items) != 2 {
+		t.Fatalf("bob after alice's delete: %+v, %v", exp, err)
+	}
+}
+
+// pgCluster starts a PostgreSQL server of the test's own that asks for
+// passwords (the superuser postgres has password pw), and returns its address.
+// Skipped without the server programs, unless CHATKIT_REQUIRE_POSTGRES=1.
+func pgCluster(t *testing.T, pw string) string {
+	t.Helper()
+	bin := os.Getenv("CHATKIT_TEST_POSTGRES_BIN")
+	if bin == "" {
+		dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+		slices.Sort(dirs)
+		if len(dirs) > 0 {
+			bin = dirs[len(dirs)-1]
+		}
+	}
+	if _, err := os.Stat(filepath.Join(bin, "initdb")); bin == "" || err != nil {
+		if os.Getenv("CHATKIT_REQUIRE_POSTGRES") == "1" {
+			t.Fatal("no PostgreSQL server programs (set CHATKIT_TEST_POSTGRES_BIN)")
+		}
+		t.Skip("no PostgreSQL server programs under /usr/lib/postgresql/*/bin")
+	}
+	dir, err := os.MkdirTemp("", "pgstore-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	var as []string // PostgreSQL refuses to run as root
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("running as root, and no postgres user to run the server as: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		as = []string{"runuser", "-u", "postgres", "--"}
+	}
+	run := func(name string, args ...string) {
+		t.Helper()
+		argv := append(append(slices.Clone(as), filepath.Join(bin, name)), args...)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+	}
+	pwfile := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pwfile, []byte(pw+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	run("initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile, "-A", "scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
+	port := closedPort(t)
+	run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "-o",
+		fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off", port, dir), "start")
+	t.Cleanup(func() {
+		argv := append(append(slices.Clone(as), filepath.Join(bin, "pg_ctl")), "-D", data, "stop", "-m", "immediate")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = dir
+		_ = cmd.Run()
+	})
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// TestPostgresRefusedPassword: a server that refuses the password is
+// ErrUnavailable (Caddy starts and retries), and the error does not show it.
+func TestPostgresRefusedPassword(t *testing.T) {
+	pgServer(t)
+	addr := pgCluster(t, "the-right-one")
+	ctx := context.Background()
+	_, err := threadstore.OpenPostgres(ctx, parsePG(t, "postgres://postgres:"+pgSecret+"@"+addr+"/postgres", threadstore.PostgresOptions{}))
+	if !errors.Is(err, threadstore.ErrUnavailable) || strings.Contains(err.Error(), pgSecret) || !strings.Contains(err.Error(), "password authentication failed") {
+		t.Fatalf("open with a wrong password: %v", err)
+	}
+	t.Logf("wrong password: %v", err)
+	s := openPG(t, "postgres://postgres:the-right-one@"+addr+"/postgres", threadstore.PostgresOptions{})
+	if _, err := s.CreateThread(ctx, threadstore.Thread{ID: "t", Owner: "u"}); err != nil {
+		t.Fatalf("with the right password: %v", err)
 	}
 }

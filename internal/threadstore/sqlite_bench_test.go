@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,34 +21,44 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkSQLite -benchtime 5000x ./internal/threadstore/
 func BenchmarkSQLite(b *testing.B) {
+	s, err := threadstore.OpenSQLite(context.Background(), filepath.Join(b.TempDir(), "threads.db"), threadstore.SQLiteOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	benchReads(b, s)
+}
+
+// benchReads fills s (from 4 writers, as a busy site would) and measures its reads:
+// see BenchmarkSQLite.
+func benchReads(b *testing.B, s threadstore.Store) {
 	owners, threadsPerOwner, itemsPerThread := 100, 100, 20
 	if testing.Short() {
 		owners = 10
 	}
 	ctx := context.Background()
-	s, err := threadstore.OpenSQLite(ctx, filepath.Join(b.TempDir(), "threads.db"), threadstore.SQLiteOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-
 	start := time.Now()
-	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for o := range owners {
-		owner := fmt.Sprintf("user:%04d", o)
-		for th := range threadsPerOwner {
-			id := threadID(o, th)
-			if _, err := s.CreateThread(ctx, threadstore.Thread{ID: id, Owner: owner, Title: "A thread about something", CreatedAt: created}); err != nil {
-				b.Fatal(err)
-			}
-			for i := range itemsPerThread {
-				created = created.Add(time.Second)
-				item := threadstore.Item{ID: fmt.Sprintf("msg_%02d", i), ThreadID: id, CreatedAt: created, Type: "assistant_message", Data: benchItem(id, i)}
-				if _, err := s.AddItem(ctx, owner, item); err != nil {
-					b.Fatal(err)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var wg sync.WaitGroup
+	errs := make(chan error, owners)
+	next := make(chan int)
+	for range 4 {
+		wg.Go(func() {
+			for o := range next {
+				if err := benchFillOwner(ctx, s, o, threadsPerOwner, itemsPerThread, base); err != nil {
+					errs <- err
 				}
 			}
-		}
+		})
+	}
+	for o := range owners {
+		next <- o
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
 	}
 	b.Logf("filled %d threads and %d items in %v", owners*threadsPerOwner, owners*threadsPerOwner*itemsPerThread, time.Since(start).Round(time.Millisecond))
 
@@ -104,6 +115,25 @@ func BenchmarkSQLite(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
 	}
+}
+
+// benchFillOwner writes one owner's threads, an item a second apart from base.
+func benchFillOwner(ctx context.Context, s threadstore.Store, o, threads, items int, base time.Time) error {
+	owner := fmt.Sprintf("user:%04d", o)
+	for th := range threads {
+		id := threadID(o, th)
+		first := base.Add(time.Duration((o*threads+th)*items) * time.Second)
+		if _, err := s.CreateThread(ctx, threadstore.Thread{ID: id, Owner: owner, Title: "A thread about something", CreatedAt: first}); err != nil {
+			return err
+		}
+		for i := range items {
+			item := threadstore.Item{ID: fmt.Sprintf("msg_%02d", i), ThreadID: id, CreatedAt: first.Add(time.Duration(i+1) * time.Second), Type: "assistant_message", Data: benchItem(id, i)}
+			if _, err := s.AddItem(ctx, owner, item); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func threadID(owner, n int) string { return fmt.Sprintf("thr_%04d_%03d", owner, n) }

@@ -20,7 +20,10 @@
 // passes a context detached from the request, such as
 // context.WithTimeout(context.WithoutCancel(ctx), ...).
 //
-// Implementations: SQLiteStore (OpenSQLite). Every implementation passes the
+// Implementations: SQLiteStore (OpenSQLite), for one process on one file, and
+// PostgresStore (ParsePostgres, then OpenPostgres), for any number of processes
+// on one database: its ordering, leases and sweeps hold across them, and its
+// store's clock is the database server's. Every implementation passes the
 // conformance suite in package storetest.
 package threadstore
 
