@@ -26,8 +26,8 @@ const (
 	pgDeleteAttachment = `DELETE FROM chatkit.attachments WHERE id = $1 AND owner = $2`
 	// Rows locked in id order, as every multi-row delete of attachments does,
 	// so that two such deletes never deadlock.
-	pgDeleteUnattached = `DELETE FROM chatkit.attachments WHERE id IN (
-		SELECT id FROM chatkit.attachments WHERE thread_id IS NULL AND created_at < $1 ORDER BY id FOR UPDATE)`
+	pgDeleteUnattached = `DELETE FROM chatkit.attachments WHERE id = ANY(ARRAY(
+		SELECT id FROM chatkit.attachments WHERE thread_id IS NULL AND created_at < $1 ORDER BY id FOR UPDATE))`
 )
 
 func pgScanAttachment(row scanner, withData bool) (Attachment, error) {

@@ -12,6 +12,6 @@ import (
 //	CHATKIT_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:15432/postgres \
 //	  go test -run '^$' -bench BenchmarkPostgres -benchtime 5000x ./internal/threadstore/
 func BenchmarkPostgres(b *testing.B) {
-	s := openPG(b, freshDatabase(b), threadstore.PostgresOptions{})
+	s := openPG(b, threadstore.PGFreshDatabase(b), threadstore.PostgresOptions{})
 	benchReads(b, s)
 }

@@ -21,7 +21,7 @@ const (
 	// In id order, as every multi-row lock of threads is taken, so that two
 	// deletes never deadlock.
 	pgLockOwnerThreads    = `SELECT id FROM chatkit.threads WHERE owner = $1 ORDER BY id FOR UPDATE`
-	pgDeleteOwnerAttached = `DELETE FROM chatkit.attachments WHERE id IN (SELECT id FROM chatkit.attachments WHERE owner = $1 ORDER BY id FOR UPDATE)`
+	pgDeleteOwnerAttached = `DELETE FROM chatkit.attachments WHERE id = ANY(ARRAY(SELECT id FROM chatkit.attachments WHERE owner = $1 ORDER BY id FOR UPDATE))`
 	pgTrySweepLock        = `SELECT pg_try_advisory_lock($1, $2)`
 	pgSweepUnlock         = `SELECT pg_advisory_unlock($1, $2)`
 	pgLockIdleThreads     = `SELECT id FROM chatkit.threads WHERE updated_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED`

@@ -2,13 +2,10 @@ package threadstore_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -27,59 +24,8 @@ import (
 )
 
 // pgSecret is the password of the DSNs in these tests: it must never show in
-// an error or a description. The shared test server trusts loopback, so a
-// password in a DSN is never even asked for.
-const pgSecret = "Zq7-s3cr3t-xyzzy"
-
-// pgServer is the test server's DSN (a postgres:// URL), or a skip.
-func pgServer(t testing.TB) string {
-	t.Helper()
-	dsn := os.Getenv("CHATKIT_TEST_POSTGRES_URL")
-	if dsn == "" {
-		if os.Getenv("CHATKIT_REQUIRE_POSTGRES") == "1" {
-			t.Fatal("CHATKIT_REQUIRE_POSTGRES=1 but CHATKIT_TEST_POSTGRES_URL is not set")
-		}
-		t.Skip("CHATKIT_TEST_POSTGRES_URL is not set")
-	}
-	return dsn
-}
-
-// freshDatabase creates a database of its own on the test server and returns
-// its DSN, with pgSecret as the password; the database is dropped at cleanup.
-func freshDatabase(t testing.TB) string {
-	t.Helper()
-	server := pgServer(t)
-	ctx := context.Background()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "chatkit_test_" + hex.EncodeToString(b[:])
-	admin, err := pgx.Connect(ctx, server)
-	if err != nil {
-		t.Fatalf("connecting to the test server: %v", err)
-	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("CREATE DATABASE: %v", err)
-	}
-	t.Cleanup(func() {
-		admin, err := pgx.Connect(ctx, server)
-		if err != nil {
-			t.Errorf("dropping %s: %v", name, err)
-			return
-		}
-		defer admin.Close(ctx)
-		if _, err := admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("dropping %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(server)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		t.Fatalf("CHATKIT_TEST_POSTGRES_URL must be a postgres:// URL (%v)", err)
-	}
-	u.Path = "/" + name
-	u.User = url.UserPassword(u.User.Username(), pgSecret)
-	return u.String()
-}
+// an error or a description.
+const pgSecret = threadstore.PGSecret
 
 func parsePG(t testing.TB, dsn string, opts threadstore.PostgresOptions) *threadstore.PostgresConfig {
 	t.Helper()
@@ -112,16 +58,16 @@ func rawPG(t testing.TB, dsn string) *pgx.Conn {
 }
 
 func TestPostgresConformance(t *testing.T) {
-	pgServer(t)
+	threadstore.PGServer(t)
 	storetest.Run(t, func(t *testing.T) threadstore.Store {
-		return openPG(t, freshDatabase(t), threadstore.PostgresOptions{})
+		return openPG(t, threadstore.PGFreshDatabase(t), threadstore.PostgresOptions{})
 	})
 }
 
 // TestPostgresConcurrentMigrations: processes starting at the same moment on a
 // new database migrate it once, and all of them open.
 func TestPostgresConcurrentMigrations(t *testing.T) {
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	const n = 8
 	stores := make([]*threadstore.PostgresStore, n)
 	errs := make([]error, n)
@@ -172,7 +118,7 @@ func TestPostgresConcurrentMigrations(t *testing.T) {
 
 func TestPostgresRefusesForeignOrNewerSchema(t *testing.T) {
 	ctx := context.Background()
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	raw := rawPG(t, dsn)
 	if _, err := raw.Exec(ctx, `CREATE SCHEMA chatkit; CREATE TABLE chatkit.posts (id int)`); err != nil {
 		t.Fatal(err)
@@ -186,7 +132,7 @@ func TestPostgresRefusesForeignOrNewerSchema(t *testing.T) {
 		t.Fatalf("the foreign schema now has %d tables, %v", tables, err)
 	}
 
-	dsn = freshDatabase(t)
+	dsn = threadstore.PGFreshDatabase(t)
 	openPG(t, dsn, threadstore.PostgresOptions{}).Close()
 	raw = rawPG(t, dsn)
 	if _, err := raw.Exec(ctx, `INSERT INTO chatkit.schema_version (version) VALUES (999)`); err != nil {
@@ -203,7 +149,7 @@ func TestPostgresRefusesForeignOrNewerSchema(t *testing.T) {
 // lost or doubled, and each writer's items keep their order.
 func TestPostgresTwoPoolsOneThread(t *testing.T) {
 	ctx := context.Background()
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	stores := []*threadstore.PostgresStore{openPG(t, dsn, threadstore.PostgresOptions{}), openPG(t, dsn, threadstore.PostgresOptions{})}
 	if _, err := stores[0].CreateThread(ctx, threadstore.Thread{ID: "t", Owner: "u"}); err != nil {
 		t.Fatal(err)
@@ -275,7 +221,7 @@ func TestPostgresTwoPoolsOneThread(t *testing.T) {
 // another, as between two Caddys.
 func TestPostgresLeaseAcrossPools(t *testing.T) {
 	ctx := context.Background()
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	a, b := openPG(t, dsn, threadstore.PostgresOptions{}), openPG(t, dsn, threadstore.PostgresOptions{})
 	la, err := a.ClaimThread(ctx, "thr", time.Minute)
 	if err != nil {
@@ -320,7 +266,7 @@ func idleThreads(t *testing.T, s threadstore.Store, prefix string, n int) {
 // thread once between them.
 func TestPostgresSweepOneAtATime(t *testing.T) {
 	ctx := context.Background()
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	a, b := openPG(t, dsn, threadstore.PostgresOptions{}), openPG(t, dsn, threadstore.PostgresOptions{})
 	idleThreads(t, a, "idle", 20)
 	cutoff := time.Date(2021, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -363,7 +309,7 @@ func TestPostgresSweepOneAtATime(t *testing.T) {
 // everything, and leaves live threads.
 func TestPostgresSweepBatches(t *testing.T) {
 	ctx := context.Background()
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	s := openPG(t, dsn, threadstore.PostgresOptions{})
 	raw := rawPG(t, dsn)
 	// Filled directly: 1,234 idle threads with an item each, more than two batches.
@@ -387,7 +333,7 @@ func TestPostgresSweepBatches(t *testing.T) {
 
 func TestPostgresBadTextIsInvalid(t *testing.T) {
 	ctx := context.Background()
-	s := openPG(t, freshDatabase(t), threadstore.PostgresOptions{})
+	s := openPG(t, threadstore.PGFreshDatabase(t), threadstore.PostgresOptions{})
 	_, err := s.CreateThread(ctx, threadstore.Thread{ID: "t\x00", Owner: "u"})
 	if !errors.Is(err, threadstore.ErrInvalid) {
 		t.Fatalf("a NUL byte in an id: %v, want ErrInvalid", err)
@@ -473,7 +419,7 @@ func TestPostgresDescribeHidesPassword(t *testing.T) {
 	if got := kv.Describe(); got != "postgres://db.example:7000/chat (user bob)" {
 		t.Fatalf("Describe() of key=value = %q", got)
 	}
-	s := openPG(t, freshDatabase(t), threadstore.PostgresOptions{})
+	s := openPG(t, threadstore.PGFreshDatabase(t), threadstore.PostgresOptions{})
 	if strings.Contains(s.Describe(), pgSecret) || !strings.Contains(s.Describe(), "chatkit_test_") {
 		t.Fatalf("store Describe() = %q", s.Describe())
 	}
@@ -538,7 +484,7 @@ func TestPostgresDownIsUnavailable(t *testing.T) {
 // and the next ones are served on new connections.
 func TestPostgresRecoversFromLostConnections(t *testing.T) {
 	ctx := context.Background()
-	dsn := freshDatabase(t)
+	dsn := threadstore.PGFreshDatabase(t)
 	s := openPG(t, dsn, threadstore.PostgresOptions{})
 	if _, err := s.CreateThread(ctx, threadstore.Thread{ID: "t", Owner: "u"}); err != nil {
 		t.Fatal(err)
@@ -567,7 +513,7 @@ func TestPostgresRecoversFromLostConnections(t *testing.T) {
 
 func TestPostgresExportOrder(t *testing.T) {
 	ctx := context.Background()
-	s := openPG(t, freshDatabase(t), threadstore.PostgresOptions{})
+	s := openPG(t, threadstore.PGFreshDatabase(t), threadstore.PostgresOptions{})
 	for _, id := range []string{"b", "a"} {
 		if _, err := s.CreateThread(ctx, threadstore.Thread{ID: id, Owner: "u", CreatedAt: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}); err != nil {
 			t.Fatal(err)
@@ -598,7 +544,7 @@ func TestPostgresExportOrder(t *testing.T) {
 
 func TestPostgresDeleteOwner(t *testing.T) {
 	ctx := context.Background()
-	s := openPG(t, freshDatabase(t), threadstore.PostgresOptions{})
+	s := openPG(t, threadstore.PGFreshDatabase(t), threadstore.PostgresOptions{})
 	for _, th := range []struct{ owner, id string }{{"alice", "a1"}, {"alice", "a2"}, {"bob", "b1"}} {
 		if _, err := s.CreateThread(ctx, threadstore.Thread{ID: th.id, Owner: th.owner}); err != nil {
 			t.Fatal(err)
@@ -711,7 +657,7 @@ func pgCluster(t *testing.T, pw string) string {
 // TestPostgresRefusedPassword: a server that refuses the password is
 // ErrUnavailable (Caddy starts and retries), and the error does not show it.
 func TestPostgresRefusedPassword(t *testing.T) {
-	pgServer(t)
+	threadstore.PGServer(t)
 	addr := pgCluster(t, "the-right-one")
 	ctx := context.Background()
 	_, err := threadstore.OpenPostgres(ctx, parsePG(t, "postgres://postgres:"+pgSecret+"@"+addr+"/postgres", threadstore.PostgresOptions{}))
