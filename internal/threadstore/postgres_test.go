@@ -64,6 +64,18 @@ func TestPostgresConformance(t *testing.T) {
 	})
 }
 
+// TestPostgresConformanceOneConn runs the suite on a pool of one connection:
+// no method may hold a connection while it waits for a second one.
+func TestPostgresConformanceOneConn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the suite again, on one connection")
+	}
+	threadstore.PGServer(t)
+	storetest.Run(t, func(t *testing.T) threadstore.Store {
+		return openPG(t, threadstore.PGFreshDatabase(t), threadstore.PostgresOptions{MaxConns: 1, QueryTimeout: 20 * time.Second})
+	})
+}
+
 // TestPostgresConcurrentMigrations: processes starting at the same moment on a
 // new database migrate it once, and all of them open.
 func TestPostgresConcurrentMigrations(t *testing.T) {
