@@ -18,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/puddle/v2"
 )
 
 // PostgresOptions tunes ParsePostgres; the zero value is the default.
@@ -204,7 +203,7 @@ func (s *PostgresStore) fail(ctx, qctx context.Context, op string, err error) er
 		return err
 	case errors.Is(err, pgx.ErrNoRows):
 		return ErrNotFound
-	case s.closed.Load(), errors.Is(err, puddle.ErrClosedPool):
+	case s.closed.Load(): // set before the pool closes, so its errors are ErrClosed
 		return ErrClosed
 	case ctx.Err() != nil:
 		return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, ctx.Err())
