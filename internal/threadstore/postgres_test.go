@@ -682,3 +682,41 @@ func TestPostgresRefusedPassword(t *testing.T) {
 		t.Fatalf("with the right password: %v", err)
 	}
 }
+
+// TestPostgresLockedIsUnavailable: a thread's row lock held elsewhere past the
+// query timeout (another process stalled mid-write) is ErrUnavailable, the
+// reads keep answering meanwhile, and the write goes through once it is let go.
+func TestPostgresLockedIsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	dsn := threadstore.PGFreshDatabase(t)
+	s := openPG(t, dsn, threadstore.PostgresOptions{QueryTimeout: 300 * time.Millisecond})
+	if _, err := s.CreateThread(ctx, threadstore.Thread{ID: "t", Owner: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	raw := rawPG(t, dsn)
+	tx, err := raw.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM chatkit.threads WHERE id = 't' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	item := threadstore.Item{ID: "m", ThreadID: "t", Type: "user_message", Data: json.RawMessage(`{}`)}
+	_, err = s.AddItem(ctx, "u", item)
+	if !errors.Is(err, threadstore.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("write under a held row lock past the query timeout: %v", err)
+	}
+	if _, err := s.Thread(ctx, "u", "t"); err != nil {
+		t.Fatalf("read under a held row lock: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddItem(ctx, "u", item); err != nil {
+		t.Fatalf("write after the lock was let go: %v", err)
+	}
+	if items, err := s.RecentItems(ctx, "u", "t", 10); err != nil || len(items) != 1 {
+		t.Fatalf("items: %d, %v; want the one written after the lock", len(items), err)
+	}
+}
