@@ -41,7 +41,7 @@ type PostgresConfig struct {
 
 // ParsePostgres checks a DSN (a postgres:// URL or key=value pairs, as libpq
 // reads them, environment variables such as PGPASSWORD included) without
-// connecting. Its errors never contain the DSN nor any part of it, so that no
+// connecting. Its errors say what is wrong without quoting the DSN, so that no
 // password reaches a log or an HTTP answer.
 func ParsePostgres(dsn string, opts PostgresOptions) (*PostgresConfig, error) {
 	switch {
@@ -69,11 +69,12 @@ func ParsePostgres(dsn string, opts PostgresOptions) (*PostgresConfig, error) {
 	// The server ends what this process gave up on: a statement still running
 	// after its context ended, and a transaction left open by a process that
 	// stalled while holding a thread's row lock.
+	ms := max(opts.QueryTimeout.Milliseconds(), 1) // 0 would mean none
 	if rt["statement_timeout"] == "" {
-		rt["statement_timeout"] = strconv.FormatInt(opts.QueryTimeout.Milliseconds(), 10)
+		rt["statement_timeout"] = strconv.FormatInt(ms, 10)
 	}
 	if rt["idle_in_transaction_session_timeout"] == "" {
-		rt["idle_in_transaction_session_timeout"] = strconv.FormatInt(2*opts.QueryTimeout.Milliseconds(), 10)
+		rt["idle_in_transaction_session_timeout"] = strconv.FormatInt(2*ms, 10)
 	}
 	return &PostgresConfig{pool: cfg, timeout: opts.QueryTimeout}, nil
 }
@@ -241,7 +242,7 @@ func pgErrorKind(pe *pgconn.PgError) error {
 		// failover); invalid_catalog_name (the database is not there yet).
 		return ErrUnavailable
 	}
-	switch pe.Code[:2] {
+	switch pe.Code[:min(len(pe.Code), 2)] {
 	case "08", "28", "40", "53", "57", "58":
 		// Connection, authorization, serialization or deadlock, resources,
 		// operator intervention (shutdown, cancel, statement_timeout), system.
