@@ -24,8 +24,9 @@ import (
 type PostgresOptions struct {
 	// QueryTimeout bounds every call to the database (each method, and the
 	// connection and migration of OpenPostgres); the caller's context can end it
-	// sooner. It is also the server-side statement_timeout unless the DSN sets
-	// one. Zero means 5s.
+	// sooner. Twice it is the server's statement_timeout and
+	// idle_in_transaction_session_timeout, unless the DSN sets them. Zero
+	// means 5s.
 	QueryTimeout time.Duration
 	// MaxConns is the size of the connection pool. Zero means the DSN's
 	// pool_max_conns, else pgxpool's default (the larger of 4 and the CPUs).
@@ -68,13 +69,14 @@ func ParsePostgres(dsn string, opts PostgresOptions) (*PostgresConfig, error) {
 	}
 	// The server ends what this process gave up on: a statement still running
 	// after its context ended, and a transaction left open by a process that
-	// stalled while holding a thread's row lock.
-	ms := max(opts.QueryTimeout.Milliseconds(), 1) // 0 would mean none
+	// stalled while holding a thread's row lock. Twice the query timeout, so
+	// that the caller's deadline ends a call first (and says so).
+	backstop := strconv.FormatInt(2*max(opts.QueryTimeout.Milliseconds(), 1), 10) // 0 would mean none
 	if rt["statement_timeout"] == "" {
-		rt["statement_timeout"] = strconv.FormatInt(ms, 10)
+		rt["statement_timeout"] = backstop
 	}
 	if rt["idle_in_transaction_session_timeout"] == "" {
-		rt["idle_in_transaction_session_timeout"] = strconv.FormatInt(2*ms, 10)
+		rt["idle_in_transaction_session_timeout"] = backstop
 	}
 	return &PostgresConfig{pool: cfg, timeout: opts.QueryTimeout}, nil
 }

@@ -689,7 +689,7 @@ func TestPostgresRefusedPassword(t *testing.T) {
 func TestPostgresLockedIsUnavailable(t *testing.T) {
 	ctx := context.Background()
 	dsn := threadstore.PGFreshDatabase(t)
-	s := openPG(t, dsn, threadstore.PostgresOptions{QueryTimeout: 300 * time.Millisecond})
+	s := openPG(t, dsn, threadstore.PostgresOptions{QueryTimeout: time.Second})
 	if _, err := s.CreateThread(ctx, threadstore.Thread{ID: "t", Owner: "u"}); err != nil {
 		t.Fatal(err)
 	}
