@@ -48,3 +48,40 @@ func TestSQLiteMigratesVersion1(t *testing.T) {
 		t.Fatalf("DeleteThread = %+v, %v", d, err)
 	}
 }
+
+// TestSQLiteMigratesVersion2 opens a database written before the owner's
+// indexes: its threads and attachments stay, the indexes arrive with the
+// version bump, and the owner's methods work on the old rows.
+func TestSQLiteMigratesVersion2(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "threads.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(sqliteMigrations[0] + ";" + sqliteMigrations[1] + fmt.Sprintf(`; PRAGMA application_id = %d; PRAGMA user_version = 2;
+		INSERT INTO threads (id, owner, status, created_at, updated_at) VALUES ('thr_old', 'user:a', '{"type":"active"}', 1, 1);
+		INSERT INTO attachments (id, owner, thread_id, name, mime_type, size, created_at, data) VALUES ('atc_old', 'user:a', 'thr_old', 'a.png', 'image/png', 1, 1, x'00')`, sqliteAppID)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := OpenSQLite(ctx, path, SQLiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var version, indexes int
+	if err := s.r.QueryRow(`SELECT (SELECT user_version FROM pragma_user_version),
+		(SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN ('threads_by_update', 'attachments_by_owner'))`).Scan(&version, &indexes); err != nil ||
+		version != len(sqliteMigrations) || version < 3 || indexes != 2 {
+		t.Fatalf("user_version = %d, owner indexes = %d, %v; want %d and 2", version, indexes, err, len(sqliteMigrations))
+	}
+	exp, err := s.ExportOwner(ctx, "user:a")
+	if err != nil || len(exp.Threads) != 1 || len(exp.Attachments) != 1 {
+		t.Fatalf("ExportOwner of the version 2 rows = %+v, %v", exp, err)
+	}
+	if d, err := s.DeleteIdleThreads(ctx, fromMicros(2)); err != nil || d != (Deleted{Threads: 1, Attachments: 1}) {
+		t.Fatalf("DeleteIdleThreads = %+v, %v", d, err)
+	}
+}

@@ -3,6 +3,7 @@ package threadstore
 import (
 	"context"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -24,6 +25,9 @@ func TestSQLiteQueryPlans(t *testing.T) {
 		"attachment": qAttachment, "attachment meta": qAttachmentMeta, "upload attachment": qUploadAttachment,
 		"attach attachment": qAttachAttachment, "delete attachment": qDeleteAttachment,
 		"delete unattached": qDeleteUnattached, "linked attachment": qLinkedAttachment,
+		"owner threads": qOwnerThreads, "all items": qAllItems, "owner attachments": qOwnerAttachments,
+		"count owner": qCountOwner, "delete owner attachments": qDeleteOwnerAttachments,
+		"delete owner threads": qDeleteOwnerThreads, "count idle": qCountIdle, "delete idle": qDeleteIdle,
 	}
 	for _, order := range []Order{Asc, Desc} {
 		for _, cursor := range []bool{false, true} {
@@ -47,6 +51,8 @@ func TestSQLiteQueryPlans(t *testing.T) {
 	for q, want := range map[string]string{
 		qListThreads(Desc, true): "USING INDEX threads_by_owner (owner=? AND created_at<?)",
 		qListItems(Asc, true):    "USING INDEX items_by_time (thread_id=? AND created_at>?)",
+		qDeleteIdle:              "USING INDEX threads_by_update (updated_at<?)",
+		qOwnerAttachments:        "USING INDEX attachments_by_owner (owner=?)",
 	} {
 		if plan := strings.Join(explain(t, s, q), "; "); !strings.Contains(plan, want) {
 			t.Errorf("plan %q does not use %q", plan, want)
@@ -57,7 +63,14 @@ func TestSQLiteQueryPlans(t *testing.T) {
 // explain returns the detail column of EXPLAIN QUERY PLAN, with NULL for every argument.
 func explain(t *testing.T, s *SQLiteStore, q string) []string {
 	t.Helper()
-	args := make([]any, strings.Count(q, "?")-strings.Count(q, "?1")+min(strings.Count(q, "?1"), 1))
+	n := strings.Count(q, "?")
+	for i := 9; i >= 1; i-- { // numbered parameters: as many as the highest
+		if strings.Contains(q, "?"+strconv.Itoa(i)) {
+			n = i
+			break
+		}
+	}
+	args := make([]any, n)
 	rows, err := s.r.Query("EXPLAIN QUERY PLAN "+q, args...)
 	if err != nil {
 		t.Fatalf("explain %q: %v", q, err)

@@ -61,6 +61,11 @@ var sqliteMigrations = []string{
 	) STRICT;
 	CREATE INDEX attachments_by_thread ON attachments (thread_id);
 	CREATE INDEX attachments_unattached ON attachments (created_at) WHERE thread_id IS NULL;`,
+	// 3: the site owner's reads: the retention sweep finds idle threads by
+	// updated_at, and an owner's export and erasure find their attachments,
+	// attached or not, by owner.
+	`CREATE INDEX threads_by_update ON threads (updated_at);
+	CREATE INDEX attachments_by_owner ON attachments (owner, created_at);`,
 }
 
 // migrateSQLite brings the database to the newest schema, refusing a database that

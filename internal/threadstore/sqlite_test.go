@@ -310,3 +310,64 @@ func TestSQLiteOpenErrors(t *testing.T) {
 		t.Fatalf("the database is not at the path given: %v", err)
 	}
 }
+
+// TestSQLiteBackup: the copy opens as a thread store with the same data,
+// taken while writes go on; an existing file or a relative path is refused.
+func TestSQLiteBackup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openSQLite(t, filepath.Join(dir, "threads.db"), threadstore.SQLiteOptions{})
+	for i := range 20 {
+		id := fmt.Sprintf("thr_%02d", i)
+		if _, err := s.CreateThread(ctx, threadstore.Thread{ID: id, Owner: "user:a"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.AddItem(ctx, "user:a", threadstore.Item{ID: "m1", ThreadID: id, Type: "user_message", Data: json.RawMessage(`{"x":1}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A writer keeps going during the copy: the copy is one snapshot of it.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := s.AddItem(ctx, "user:a", threadstore.Item{ID: fmt.Sprintf("w%d", i), ThreadID: "thr_00", Type: "user_message", Data: json.RawMessage(`{}`)}); err != nil {
+				t.Errorf("write during the backup: %v", err)
+				return
+			}
+		}
+	})
+	to := filepath.Join(dir, "backup.db")
+	err := s.Backup(ctx, to)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(to); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file: %v, %v; want mode 0600", fi, err)
+	}
+	if err := s.Backup(ctx, to); !errors.Is(err, threadstore.ErrExists) {
+		t.Fatalf("backup onto an existing file: %v, want ErrExists", err)
+	}
+	if err := s.Backup(ctx, "relative.db"); !errors.Is(err, threadstore.ErrInvalid) {
+		t.Fatalf("backup to a relative path: %v, want ErrInvalid", err)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(dir, ".backup.db.*")); len(leftovers) != 0 {
+		t.Fatalf("temporary files left: %v", leftovers)
+	}
+	copied := openSQLite(t, to, threadstore.SQLiteOptions{})
+	p, err := copied.ListThreads(ctx, "user:a", "", 100, threadstore.Asc)
+	if err != nil || len(p.Data) != 20 {
+		t.Fatalf("threads in the backup: %d, %v", len(p.Data), err)
+	}
+	items, err := copied.ListItems(ctx, "user:a", "thr_01", "", 10, threadstore.Asc)
+	if err != nil || len(items.Data) != 1 {
+		t.Fatalf("items in the backup: %+v, %v", items, err)
+	}
+}

@@ -46,6 +46,11 @@ func Run(t *testing.T, open func(t *testing.T) threadstore.Store) {
 		{"AttachToThread", testAttachToThread},
 		{"AttachmentsCascadeWithThread", testAttachmentsCascadeWithThread},
 		{"DeleteUnattached", testDeleteUnattached},
+		{"ExportOwner", testExportOwner},
+		{"DeleteOwner", testDeleteOwner},
+		{"DeleteIdleThreads", testDeleteIdleThreads},
+		{"DeleteIdleThreadsMany", testDeleteIdleThreadsMany},
+		{"OwnerMethodsClosed", testOwnerMethodsClosed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
