@@ -104,6 +104,13 @@ type Agent struct {
 	// `<Caddy data dir>/chatkit/threads.db`.
 	Store *AgentStore `json:"store,omitempty"`
 
+	// How long a thread nobody touched (no message added, no rename) is
+	// kept: a background sweep, at least every tenth of it and at least
+	// hourly, deletes older threads with their items, feedback and files.
+	// At least 1h. Handlers sharing a store keep the shortest retention any
+	// of them sets. Default: threads are kept until deleted.
+	Retention caddy.Duration `json:"retention,omitempty"`
+
 	// How many recent thread items, the new message included, are sent to
 	// the model each turn, 1 to 1000. Default: 30.
 	History int `json:"history,omitempty"`
@@ -338,6 +345,7 @@ func (a *Agent) validate() error {
 		{a.ReasoningEffort != "", func() error { return checkAgentReasoningEffort(a.ReasoningEffort) }},
 		{a.MaxInput != 0, func() error { return checkAgentMaxInput(a.MaxInput) }},
 		{a.IdleTimeout != 0, func() error { return checkAgentIdleTimeout(time.Duration(a.IdleTimeout)) }},
+		{a.Retention != 0, func() error { return checkAgentRetention(time.Duration(a.Retention)) }},
 		{a.TokenBudget != nil && a.TokenBudget.User != nil, func() error { return checkTokenBudget("user", a.TokenBudget.User) }},
 		{a.TokenBudget != nil && a.TokenBudget.Site != nil, func() error { return checkTokenBudget("site", a.TokenBudget.Site) }},
 		{a.Dictation != nil, func() error { return a.Dictation.validate() }},
@@ -541,6 +549,7 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		return err
 	}
 	a.zone = zv.(*agentZone)
+	a.store.retain(a, time.Duration(cfg.Retention))
 	h.agent = a
 	return nil
 }
@@ -575,6 +584,7 @@ func (h *Handler) cleanupAgent() {
 	a.released = true
 	a.tools.close()
 	if a.store != nil {
+		a.store.retain(a, 0)
 		_, _ = agentStores.Delete(a.storeKey)
 	}
 	if a.zone != nil {
@@ -820,7 +830,7 @@ func registerAgentMetrics(registry prometheus.Registerer) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{agentRequests, agentTokens, agentFeedback} {
+	for _, c := range []prometheus.Collector{agentRequests, agentTokens, agentFeedback, agentRetentionDeleted, agentRetentionSweeps} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

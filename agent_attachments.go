@@ -14,7 +14,6 @@ import (
 	"archive/zip"
 	"bytes"
 	"cmp"
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -52,11 +51,9 @@ const (
 	// agentPreviewLinkTTL is how long a preview link works; every read of a
 	// thread signs fresh ones.
 	agentPreviewLinkTTL = time.Hour
-	// agentUnattachedTTL is how long an upload no message named is kept,
-	// and agentSweepEvery how often the sweep looks for them.
+	// agentUnattachedTTL is how long an upload no message named is kept
+	// (the sweep, agent_sweep.go, removes it after).
 	agentUnattachedTTL = 24 * time.Hour
-	agentSweepEvery    = time.Hour
-	agentSweepTimeout  = time.Minute
 	// agentMultipartSlack is what a multipart upload may add around the
 	// file (boundaries and part headers).
 	agentMultipartSlack = 16 << 10
@@ -1065,68 +1062,4 @@ func appendAgentUserParts(buf []byte, text string, atts []agentAttachment, files
 		buf = append(buf, `"}`...)
 	}
 	return buf
-}
-
-// ---------------------------------------------------------------- the sweep
-
-// agentSweeper removes, every agentSweepEvery, the uploads of one pooled
-// database that no message named within agentUnattachedTTL.
-type agentSweeper struct {
-	stop, done chan struct{}
-}
-
-// startSweeper starts the handle's sweep; Destruct stops it.
-func (s *agentStoreHandle) startSweeper(logger *zap.Logger) *agentStoreHandle {
-	s.sweeper = &agentSweeper{stop: make(chan struct{}), done: make(chan struct{})}
-	go s.sweepLoop(logger, s.sweeper)
-	return s
-}
-
-func (s *agentStoreHandle) sweepLoop(logger *zap.Logger, sw *agentSweeper) {
-	defer close(sw.done)
-	defer recoverInto(logger, "sweep unattached uploads")
-	tick := time.NewTicker(agentSweepEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-sw.stop:
-			return
-		case <-tick.C:
-			ctx, cancel := context.WithTimeout(context.Background(), agentSweepTimeout)
-			n, err := s.sweepUnattached(ctx, time.Now())
-			cancel()
-			switch {
-			case err != nil:
-				logger.Warn("could not remove the uploads no message named", zap.String("path", s.path), zap.Error(err))
-			case n > 0:
-				logger.Info("removed uploads no message named within a day", zap.String("path", s.path), zap.Int64("removed", n))
-			}
-		}
-	}
-}
-
-// stopSweeper stops the sweep and waits for it (not under s.mu, which a
-// sweep in progress takes).
-func (s *agentStoreHandle) stopSweeper() {
-	if sw := s.sweeper; sw != nil {
-		s.sweeper = nil
-		close(sw.stop)
-		<-sw.done
-	}
-}
-
-// sweepUnattached removes the uploads created before now minus
-// agentUnattachedTTL that no message named, if the database is open (it is
-// not opened for this).
-func (s *agentStoreHandle) sweepUnattached(ctx context.Context, now time.Time) (int64, error) {
-	s.mu.Lock()
-	st := s.store
-	if st == nil || s.destructed {
-		s.mu.Unlock()
-		return 0, nil
-	}
-	s.users++
-	s.mu.Unlock()
-	defer s.release()
-	return st.DeleteUnattached(ctx, now.Add(-agentUnattachedTTL))
 }

@@ -154,6 +154,7 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //			instructions_file <path>
 //			prompt <id> [<version>]
 //			store sqlite [<path>]
+//			retention <duration>
 //			history <n>
 //			max_output_tokens <n>
 //			reasoning_effort minimal|low|medium|high
@@ -547,6 +548,8 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		return check(d, checkTokenBudget(args[0], l))
 	case "idle_timeout":
 		return durationArg(d, &a.IdleTimeout, checkAgentIdleTimeout)
+	case "retention":
+		return durationArg(d, &a.Retention, checkAgentRetention)
 	case "openai_store":
 		var err error
 		a.OpenAIStore, err = onOff(d)
