@@ -64,6 +64,7 @@ func allAnswers() []answer {
 		answerTurnLimiterDown, answerTurnCircuitOpen,
 		answerDictationOff, answerTokensUser, answerTokensSite,
 		answerUnsupportedMedia, answerAttachmentConflict, answerLinkInvalid,
+		answerAdminUserMethod, answerUserNotFound, answerBackupExists, answerBackupPostgres,
 	}
 	for f := upstreamFailure(1); f < failureCount; f++ {
 		answers = append(answers, f.rule().answer)
@@ -107,6 +108,21 @@ var (
 	answerAttachmentConflict = answer{http.StatusConflict, "attachment_conflict", "the attachment cannot be used for this now", outcomeAttachmentConflict}
 	answerLinkInvalid        = answer{http.StatusForbidden, "link_invalid", "this link is not valid or has expired", outcomeLinkInvalid}
 )
+
+// The admin API's own answers (admin.go): the user routes take GET and
+// DELETE; nothing is stored for the user named; a backup would overwrite a
+// file; a PostgreSQL store has its own tools. The admin's other refusals
+// are the endpoints' (bad_request, method_not_allowed for the backup route,
+// store_unavailable, internal_error).
+var (
+	answerAdminUserMethod = answer{http.StatusMethodNotAllowed, "method_not_allowed", "use GET or DELETE", outcomeMethodNotAllowed}
+	answerUserNotFound    = answer{http.StatusNotFound, "not_found", "nothing is stored for this user", outcomeNotFound}
+	answerBackupExists    = answer{http.StatusConflict, "backup_exists", "a file already exists at the backup path; name a new one", outcomeBackupExists}
+	answerBackupPostgres  = answer{http.StatusBadRequest, "bad_request", "this store is PostgreSQL: back it up with pg_dump", outcomeBadRequest}
+)
+
+// Outcome of the admin API's backup refusal.
+const outcomeBackupExists = "backup_exists"
 
 // Outcomes of the attachment answers.
 const (
