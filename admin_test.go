@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
@@ -408,5 +412,116 @@ func TestPickBackupStore(t *testing.T) {
 		if !strings.Contains(got, c.want) {
 			t.Errorf("%v %q: got %q, want %q", c.stores, c.named, got, c.want)
 		}
+	}
+}
+
+// adminPGDatabase creates a database of its own on the test PostgreSQL
+// server, dropped at cleanup, and returns its DSN; without a server it skips
+// (fails with CHATKIT_REQUIRE_POSTGRES=1).
+func adminPGDatabase(t *testing.T) string {
+	t.Helper()
+	server := os.Getenv("CHATKIT_TEST_POSTGRES_URL")
+	if server == "" {
+		if os.Getenv("CHATKIT_REQUIRE_POSTGRES") == "1" {
+			t.Fatal("CHATKIT_REQUIRE_POSTGRES=1 but CHATKIT_TEST_POSTGRES_URL is not set")
+		}
+		t.Skip("CHATKIT_TEST_POSTGRES_URL is not set")
+	}
+	ctx := context.Background()
+	name := strings.ToLower(agentNewID("chatkit_admin"))
+	conn, err := pgx.Connect(ctx, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(ctx, server)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			t.Error(err)
+		}
+	})
+	u, err := url.Parse(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// TestAdminWithPostgres: a PostgreSQL store in the pool beside a SQLite
+// one is searched and erased like it, and a backup of it is refused with a
+// pointer to pg_dump (alone) or skipped for the SQLite store (beside it).
+func TestAdminWithPostgres(t *testing.T) {
+	dsn := adminPGDatabase(t)
+	ctx := context.Background()
+	cfg, err := threadstore.ParsePostgres(dsn, threadstore.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg, err := threadstore.OpenPostgres(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	key := "postgres:" + cfg.Describe()
+	if _, loaded, err := agentStores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newAgentStoreHandle(cfg.Describe(), func(context.Context) (threadstore.Store, error) { return pg, nil }), nil
+	}); err != nil || loaded {
+		t.Fatalf("seeding the pool: %v %v", loaded, err)
+	}
+	t.Cleanup(func() { _, _ = agentStores.Delete(key) })
+	if _, err := pg.CreateThread(ctx, threadstore.Thread{ID: "thr_pg", Owner: "user:alice", Title: "on postgres"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.AddItem(ctx, "user:alice", threadstore.Item{ID: "msg_pg", ThreadID: "thr_pg", Type: "user_message", Data: json.RawMessage(`{"id":"msg_pg","type":"user_message"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.CreateThread(ctx, threadstore.Thread{ID: "thr_pg_bob", Owner: "user:bob"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Only PostgreSQL loaded (a site without an agent): the backup points to pg_dump.
+	startSite(t, newFake(t), "", "", "")
+	r := adminDo(t, "POST", "/chatkit/backup?to="+filepath.Join(t.TempDir(), "b.db"))
+	expectAdminError(t, r, http.StatusBadRequest, "bad_request")
+	if msg := r.json["message"].(string); !strings.Contains(msg, "pg_dump") || strings.Contains(msg, dsn) {
+		t.Fatalf("backup of a PostgreSQL store: %s", msg)
+	}
+
+	// Beside a SQLite agent: both are searched, merged and erased.
+	site := startAgent(t, newFake(t), "", "user {http.request.header.X-Test-User}", "")
+	alice := &userClient{t: t, c: client(t), user: "alice"}
+	th := alice.stream(createBody("on sqlite")).threadID(t)
+	r = adminDo(t, "GET", "/chatkit/users/user%3Aalice")
+	var exp adminTestExport
+	if err := json.Unmarshal([]byte(r.body), &exp); r.status != http.StatusOK || err != nil || len(exp.Threads) != 2 {
+		t.Fatalf("export across stores: %d %s", r.status, r.body)
+	}
+	ids := []string{exp.Threads[0].Thread.ID, exp.Threads[1].Thread.ID}
+	if !slices.Equal(ids, []string{"thr_pg", th}) || strings.Contains(r.body, "thr_pg_bob") {
+		t.Fatalf("export across stores: threads %v (oldest first: postgres, then sqlite)", ids)
+	}
+	// The SQLite store is the only one a backup can take.
+	to := filepath.Join(t.TempDir(), "b.db")
+	if r := adminDo(t, "POST", "/chatkit/backup?to="+to); r.status != http.StatusOK || r.json["backup"].(map[string]any)["store"] != site.db {
+		t.Fatalf("backup beside a PostgreSQL store: %d %s", r.status, r.body)
+	}
+	r = adminDo(t, "DELETE", "/chatkit/users/user%3Aalice")
+	if fmt.Sprint(r.json["deleted"]) != fmt.Sprint(map[string]any{"threads": 2.0, "items": 3.0, "feedback": 0.0, "attachments": 0.0}) {
+		t.Fatalf("delete across stores: %s", r.body)
+	}
+	if _, err := pg.Thread(ctx, "user:alice", "thr_pg"); err == nil {
+		t.Fatal("the PostgreSQL thread survived the erasure")
+	}
+	if _, err := pg.Thread(ctx, "user:bob", "thr_pg_bob"); err != nil {
+		t.Fatalf("bob's PostgreSQL thread: %v", err)
 	}
 }
