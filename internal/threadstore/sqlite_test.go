@@ -355,6 +355,16 @@ func TestSQLiteBackup(t *testing.T) {
 	if err := s.Backup(ctx, to); !errors.Is(err, threadstore.ErrExists) {
 		t.Fatalf("backup onto an existing file: %v, want ErrExists", err)
 	}
+	// Two copies to one new path at once: exactly one is written.
+	race := filepath.Join(dir, "race.db")
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- s.Backup(ctx, race) }()
+	}
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) || !errors.Is(cmpOr(e1, e2), threadstore.ErrExists) {
+		t.Fatalf("two backups to one path: %v and %v; want one written, one ErrExists", e1, e2)
+	}
 	if err := s.Backup(ctx, "relative.db"); !errors.Is(err, threadstore.ErrInvalid) {
 		t.Fatalf("backup to a relative path: %v, want ErrInvalid", err)
 	}
@@ -370,4 +380,11 @@ func TestSQLiteBackup(t *testing.T) {
 	if err != nil || len(items.Data) != 1 {
 		t.Fatalf("items in the backup: %+v, %v", items, err)
 	}
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
 }
