@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -523,5 +524,40 @@ func TestAdminWithPostgres(t *testing.T) {
 	}
 	if _, err := pg.Thread(ctx, "user:bob", "thr_pg_bob"); err != nil {
 		t.Fatalf("bob's PostgreSQL thread: %v", err)
+	}
+}
+
+// TestAdminStoreDown: a store that cannot be opened makes the export, the
+// erasure and the backup 503 store_unavailable, never a partial answer.
+func TestAdminStoreDown(t *testing.T) {
+	key := agentStoreSQLite + ":/broken/threads.db"
+	if _, loaded, err := agentStores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newAgentStoreHandle("/broken/threads.db", func(context.Context) (threadstore.Store, error) {
+			return nil, fmt.Errorf("%w: disk on fire", threadstore.ErrUnavailable)
+		}), nil
+	}); err != nil || loaded {
+		t.Fatalf("seeding the pool: %v %v", loaded, err)
+	}
+	defer agentStores.Delete(key)
+	api := &AdminAPI{}
+	for _, c := range []struct {
+		method, target string
+		serve          func(http.ResponseWriter, *http.Request) error
+	}{
+		{"GET", "/chatkit/users/user%3Aalice", api.serveUser},
+		{"DELETE", "/chatkit/users/user%3Aalice", api.serveUser},
+		{"POST", "/chatkit/backup?to=" + filepath.Join(t.TempDir(), "b.db"), api.serveBackup},
+	} {
+		w := httptest.NewRecorder()
+		if err := c.serve(w, httptest.NewRequest(c.method, c.target, nil)); err != nil {
+			t.Fatalf("%s %s returned %v", c.method, c.target, err)
+		}
+		var body map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || w.Code != http.StatusServiceUnavailable || body["error"] != "store_unavailable" {
+			t.Fatalf("%s %s = %d %s, want 503 store_unavailable", c.method, c.target, w.Code, w.Body)
+		}
+		if strings.Contains(w.Body.String(), "fire") {
+			t.Fatalf("the store's error reached the answer: %s", w.Body)
+		}
 	}
 }
