@@ -528,7 +528,8 @@ func TestAdminWithPostgres(t *testing.T) {
 }
 
 // TestAdminStoreDown: a store that cannot be opened makes the export, the
-// erasure and the backup 503 store_unavailable, never a partial answer.
+// erasure and the backup 503 store_unavailable, never a partial answer,
+// whatever other stores (an earlier test's config) are loaded.
 func TestAdminStoreDown(t *testing.T) {
 	key := agentStoreSQLite + ":/broken/threads.db"
 	if _, loaded, err := agentStores.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -546,7 +547,7 @@ func TestAdminStoreDown(t *testing.T) {
 	}{
 		{"GET", "/chatkit/users/user%3Aalice", api.serveUser},
 		{"DELETE", "/chatkit/users/user%3Aalice", api.serveUser},
-		{"POST", "/chatkit/backup?to=" + filepath.Join(t.TempDir(), "b.db"), api.serveBackup},
+		{"POST", "/chatkit/backup?store=/broken/threads.db&to=" + filepath.Join(t.TempDir(), "b.db"), api.serveBackup},
 	} {
 		w := httptest.NewRecorder()
 		if err := c.serve(w, httptest.NewRequest(c.method, c.target, nil)); err != nil {
