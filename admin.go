@@ -73,12 +73,7 @@ func (a *AdminAPI) logger() *zap.Logger { return caddy.Log().Named("admin.api.ch
 // request id (the admin endpoint has none). It returns nil: the answer is
 // written, Caddy's admin must not write its own.
 func adminRefuse(w http.ResponseWriter, a answer) error {
-	out := make([]byte, 0, 64+len(a.message))
-	out = append(out, `{"error":`...)
-	out = appendJSONString(out, a.code)
-	out = append(out, `,"message":`...)
-	out = appendJSONString(out, a.message)
-	out = append(out, "}\n"...)
+	out := append(a.appendHead(make([]byte, 0, 64+len(a.message))), "}\n"...)
 	return adminWrite(w, a.status, out)
 }
 

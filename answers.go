@@ -146,6 +146,15 @@ var tokenRefusals = [...]struct{ json, turn answer }{
 	tokenScopeSite: {answerTokensSite, answerTurnTokensSite},
 }
 
+// appendHead appends the start of the answer's body, `{"error":…,"message":…`,
+// which the endpoint closes (the site's with its request id).
+func (a answer) appendHead(out []byte) []byte {
+	out = append(out, `{"error":`...)
+	out = appendJSONString(out, a.code)
+	out = append(out, `,"message":`...)
+	return appendJSONString(out, a.message)
+}
+
 // withMessage is the same answer with a message that says more.
 func (a answer) withMessage(message string) answer {
 	a.message = message

@@ -464,11 +464,7 @@ func (x *exchange) writeStatus(status int) {
 // refuse sends an error answer: `{"error","message","request_id"}`.
 func (x *exchange) refuse(a answer) {
 	x.outcome = a.outcome
-	out := make([]byte, 0, 96+len(a.message)+len(x.requestID))
-	out = append(out, `{"error":`...)
-	out = appendJSONString(out, a.code)
-	out = append(out, `,"message":`...)
-	out = appendJSONString(out, a.message)
+	out := a.appendHead(make([]byte, 0, 96+len(a.message)+len(x.requestID)))
 	out = append(out, `,"request_id":`...)
 	out = appendJSONString(out, x.requestID)
 	out = append(out, '}')

@@ -155,10 +155,7 @@ func (s *PostgresStore) DeleteIdleThreads(ctx context.Context, before time.Time)
 		if err != nil {
 			return total, err
 		}
-		total.Threads += d.Threads
-		total.Items += d.Items
-		total.Feedback += d.Feedback
-		total.Attachments += d.Attachments
+		total.add(d)
 		if n < pgSweepBatch {
 			break
 		}

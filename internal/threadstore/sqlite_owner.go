@@ -138,10 +138,7 @@ func (s *SQLiteStore) DeleteIdleThreads(ctx context.Context, before time.Time) (
 			// What earlier batches removed is gone: say so with the error.
 			return total, err
 		}
-		total.Threads += d.Threads
-		total.Items += d.Items
-		total.Feedback += d.Feedback
-		total.Attachments += d.Attachments
+		total.add(d)
 		if d.Threads < idleBatch {
 			return total, nil
 		}

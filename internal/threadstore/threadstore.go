@@ -136,6 +136,14 @@ type Deleted struct {
 	Attachments int64
 }
 
+// add counts o in d (a delete done in batches).
+func (d *Deleted) add(o Deleted) {
+	d.Threads += o.Threads
+	d.Items += o.Items
+	d.Feedback += o.Feedback
+	d.Attachments += o.Attachments
+}
+
 // Store is a thread store. All methods are safe for concurrent use.
 type Store interface {
 	// CreateThread inserts t and returns it as stored. ErrExists if the id is taken,
