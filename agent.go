@@ -21,7 +21,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,8 +47,11 @@ const (
 	// (up to 4 bytes a character, 6 when JSON escapes it) with room for
 	// the rest of the request.
 	defaultAgentMaxBody = 64 << 10
-	// agentStoreSQLite is the one store type today (Step 11 adds postgres).
-	agentStoreSQLite = "sqlite"
+	// The store types.
+	agentStoreSQLite   = "sqlite"
+	agentStorePostgres = "postgres"
+	// defaultAgentQueryTimeout bounds each PostgreSQL call.
+	defaultAgentQueryTimeout = 5 * time.Second
 	// maxAgentInstructions bounds instructions, written or read from a file:
 	// they are sent with every turn.
 	maxAgentInstructions = 256 << 10
@@ -199,16 +201,37 @@ type AgentPrompt struct {
 	Version string `json:"version,omitempty"`
 }
 
-// AgentStore says where threads live.
+// AgentStore says where threads live: a SQLite file, or a PostgreSQL
+// database that several Caddys may share.
 type AgentStore struct {
-	// The store type: `sqlite`. Default: `sqlite`.
+	// The store type: `sqlite` or `postgres`. Default: `sqlite`.
 	Type string `json:"type,omitempty"`
 
 	// The SQLite file (placeholders allowed); a relative path is taken from
 	// Caddy's data directory. Default: `<data dir>/chatkit/threads.db`.
 	// Handlers naming the same file share one open database, across
-	// config reloads.
+	// config reloads. Only with `sqlite`.
 	Path string `json:"path,omitempty"`
+
+	// The PostgreSQL DSN, a `postgres://` URL or libpq key=value pairs
+	// (libpq's PG* environment variables apply). Required with `postgres`.
+	// Use a placeholder such as `{env.DATABASE_URL}` to keep the password
+	// out of the config: it is resolved at provision, and the password is
+	// never logged or answered. Handlers resolving to the same DSN and
+	// options share one connection pool, across config reloads. The schema
+	// `chatkit` is created or migrated on first use.
+	DSN string `json:"dsn,omitempty"`
+
+	// The longest any call to PostgreSQL may take, connecting included;
+	// past it the request answers 503 store_unavailable. Twice it is the
+	// server's statement_timeout unless the DSN sets one. Only with
+	// `postgres`. Default: 5s.
+	QueryTimeout caddy.Duration `json:"query_timeout,omitempty"`
+
+	// The size of the PostgreSQL connection pool. Only with `postgres`.
+	// Default: the DSN's `pool_max_conns`, else the larger of 4 and the
+	// number of CPUs.
+	MaxConns int `json:"max_conns,omitempty"`
 }
 
 // AgentTokenBudget holds the token budgets, each optional.
@@ -288,8 +311,46 @@ func checkAgentPath(p string) error {
 }
 
 func checkAgentStoreType(t string) error {
-	if t != agentStoreSQLite {
-		return refuse("store", "agent store must be sqlite, got %q", t)
+	if t != agentStoreSQLite && t != agentStorePostgres {
+		return refuse("store", "agent store must be sqlite or postgres, got %q", t)
+	}
+	return nil
+}
+
+func checkAgentQueryTimeout(d time.Duration) error {
+	return positiveDuration("store", "agent store query_timeout", d)
+}
+
+func checkAgentMaxConns(n int) error {
+	return within("store", "agent store max_conns", n, 1, math.MaxInt32, "at least 1")
+}
+
+// validate judges the store's fields together: each type takes its own.
+func (s *AgentStore) validate() error {
+	if s.Type != "" {
+		if err := checkAgentStoreType(s.Type); err != nil {
+			return err
+		}
+	}
+	if s.Type != agentStorePostgres {
+		if s.DSN != "" || s.QueryTimeout != 0 || s.MaxConns != 0 {
+			return refuse("store", "agent store dsn, query_timeout and max_conns are for store postgres")
+		}
+		return nil
+	}
+	if s.Path != "" {
+		return refuse("store", "agent store postgres takes a dsn, not a path")
+	}
+	if strings.TrimSpace(s.DSN) == "" {
+		return refuse("store", "agent store postgres needs a DSN: store postgres <dsn>, such as {env.DATABASE_URL}")
+	}
+	if s.QueryTimeout != 0 {
+		if err := checkAgentQueryTimeout(time.Duration(s.QueryTimeout)); err != nil {
+			return err
+		}
+	}
+	if s.MaxConns != 0 {
+		return checkAgentMaxConns(s.MaxConns)
 	}
 	return nil
 }
@@ -339,7 +400,7 @@ func (a *Agent) validate() error {
 	}{
 		{a.Path != "", func() error { return checkAgentPath(a.Path) }},
 		{a.Instructions != "", func() error { return checkAgentInstructions(a.Instructions) }},
-		{a.Store != nil && a.Store.Type != "", func() error { return checkAgentStoreType(a.Store.Type) }},
+		{a.Store != nil, func() error { return a.Store.validate() }},
 		{a.History != 0, func() error { return checkAgentHistory(a.History) }},
 		{a.MaxOutputTokens != 0, func() error { return checkAgentMaxOutputTokens(a.MaxOutputTokens) }},
 		{a.ReasoningEffort != "", func() error { return checkAgentReasoningEffort(a.ReasoningEffort) }},
@@ -516,20 +577,13 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 		}
 	}
 
-	storePath := ""
-	if cfg.Store != nil {
-		storePath = repl.ReplaceAll(cfg.Store.Path, "")
+	target, err := resolveAgentStore(cfg.Store, repl)
+	if err != nil {
+		return err
 	}
-	switch {
-	case storePath == "":
-		storePath = filepath.Join(caddy.AppDataDir(), "chatkit", "threads.db")
-	case !filepath.IsAbs(storePath):
-		storePath = filepath.Join(caddy.AppDataDir(), storePath)
-	}
-	storePath = filepath.Clean(storePath)
-	a.storeKey = agentStoreSQLite + ":" + storePath
+	a.storeKey = target.key
 	val, _, err := agentStores.LoadOrNew(a.storeKey, func() (caddy.Destructor, error) {
-		return newAgentStoreHandle(storePath, openSQLiteStore(storePath)).startSweeper(h.logger), nil
+		return newAgentStoreHandle(target.name, target.open).startSweeper(h.logger), nil
 	})
 	if err != nil {
 		return err
@@ -687,6 +741,8 @@ var agentStores = caddy.NewUsagePool()
 // open at a time (concurrent first requests wait for it), and kept open
 // while any request uses it, even after the last config using it went.
 type agentStoreHandle struct {
+	// path names the store in logs and admin answers: the SQLite file, or
+	// PostgreSQL's server, database and user (never the password).
 	path string
 	open func(ctx context.Context) (threadstore.Store, error)
 	busy busyThreads

@@ -805,7 +805,7 @@ func TestAgentConfigErrors(t *testing.T) {
 		"unknown option":       "agent {\nmodel m\ntemperature 1\n}|unrecognized agent option \"temperature\"",
 		"duplicate option":     "agent {\nmodel m\nmodel n\n}|duplicate agent option \"model\"",
 		"both instructions":    "agent {\nmodel m\ninstructions x\ninstructions_file /x\n}|instructions or instructions_file, not both",
-		"bad store":            "agent {\nmodel m\nstore postgres x\n}|store must be sqlite",
+		"bad store":            "agent {\nmodel m\nstore mysql x\n}|store must be sqlite or postgres",
 		"bad effort":           "agent {\nmodel m\nreasoning_effort extreme\n}|reasoning_effort must be",
 		"history":              "agent {\nmodel m\nhistory 0\n}|agent history must be 1 to 1000",
 		"token scope":          "agent {\nmodel m\ntoken_budget team 10 1h\n}|scope must be user or site",

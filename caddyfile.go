@@ -154,6 +154,10 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //			instructions_file <path>
 //			prompt <id> [<version>]
 //			store sqlite [<path>]
+//			store postgres <dsn> {
+//				query_timeout <duration>
+//				max_conns <n>
+//			}
 //			retention <duration>
 //			history <n>
 //			max_output_tokens <n>
@@ -493,18 +497,7 @@ func (a *Agent) parseOption(d *caddyfile.Dispenser, name string) error {
 		}
 		return nil
 	case "store":
-		args := d.RemainingArgs()
-		if len(args) < 1 || len(args) > 2 {
-			return d.ArgErr()
-		}
-		if err := checkAgentStoreType(args[0]); err != nil {
-			return d.WrapErr(err)
-		}
-		a.Store = &AgentStore{Type: args[0]}
-		if len(args) == 2 {
-			a.Store.Path = args[1]
-		}
-		return nil
+		return a.parseStore(d)
 	case "history":
 		return intArg(d, &a.History, checkAgentHistory)
 	case "max_output_tokens":
@@ -690,6 +683,55 @@ func (a *Agent) parseDictation(d *caddyfile.Dispenser) error {
 	}
 	a.Dictation = dict
 	return check(d, dict.validate())
+}
+
+// parseStore parses `store sqlite [<path>]` or `store postgres <dsn>`
+// with its block.
+func (a *Agent) parseStore(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	if err := checkAgentStoreType(args[0]); err != nil {
+		return d.WrapErr(err)
+	}
+	s := &AgentStore{Type: args[0]}
+	switch s.Type {
+	case agentStoreSQLite:
+		if len(args) == 2 {
+			s.Path = args[1]
+		}
+	case agentStorePostgres:
+		if len(args) != 2 {
+			return d.Errf("store postgres needs a DSN: store postgres <dsn>, such as {env.DATABASE_URL}")
+		}
+		s.DSN = args[1]
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if s.Type != agentStorePostgres {
+			return d.Errf("store %s takes no block (its options are for store postgres)", s.Type)
+		}
+		if seen[name] {
+			return d.Errf("duplicate store option %q", name)
+		}
+		seen[name] = true
+		switch name {
+		case "query_timeout":
+			if err := durationArg(d, &s.QueryTimeout, checkAgentQueryTimeout); err != nil {
+				return err
+			}
+		case "max_conns":
+			if err := intArg(d, &s.MaxConns, checkAgentMaxConns); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized store option %q", name)
+		}
+	}
+	a.Store = s
+	return check(d, s.validate())
 }
 
 // parseHTTPTool parses one http_tool and its block.
