@@ -452,6 +452,9 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 			ID: d.ID, ThreadID: t.thread.ID, CreatedAt: d.CreatedAt, Type: d.Type, Data: d.JSON,
 		})
 		if err != nil {
+			for _, unsaved := range done[i:] {
+				t.frames.dropItemDone(unsaved.ID)
+			}
 			t.storeFailed("save item", err)
 			return false
 		}

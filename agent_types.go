@@ -1367,6 +1367,24 @@ func (f *agentFrames) itemDoneJSON(itemJSON []byte) {
 	f.close()
 }
 
+// dropItemDone removes the unsent thread.item.done of an item that could
+// not be saved: the event tells the client the item is kept.
+func (f *agentFrames) dropItemDone(itemID string) {
+	head := `data: {"type":"thread.item.done","item":{"id":"` + itemID + `"` // our ids: nothing to escape
+	for at := 0; at < len(f.buf); {
+		n := bytes.Index(f.buf[at:], []byte("\n\n"))
+		if n < 0 {
+			return
+		}
+		end := at + n + 2
+		if bytes.HasPrefix(f.buf[at:end], []byte(head)) {
+			f.buf = append(f.buf[:at], f.buf[end:]...)
+			return
+		}
+		at = end
+	}
+}
+
 func (f *agentFrames) item(eventType string, it agentItem) {
 	if agentItemHidden(it.itemType()) {
 		return // never to the client

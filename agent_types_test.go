@@ -516,3 +516,23 @@ func TestAgentFuzzSeedsCommitted(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentFramesDropItemDone: the done event of an item that could not be
+// saved goes, and only it: not another item's, not an update naming it.
+func TestAgentFramesDropItemDone(t *testing.T) {
+	var f agentFrames
+	f.itemDoneJSON([]byte(`{"id":"msg_a","type":"user_message"}`))
+	f.textDelta("msg_b", 0, "Hi")
+	f.itemDoneJSON([]byte(`{"id":"msg_b","type":"assistant_message"}`))
+	f.itemDoneJSON([]byte(`{"id":"msg_bc","type":"assistant_message"}`))
+	before := string(f.Bytes())
+	f.dropItemDone("msg_x")
+	if string(f.Bytes()) != before {
+		t.Fatalf("dropping an item not there changed the frames: %s", f.Bytes())
+	}
+	f.dropItemDone("msg_b")
+	want := strings.Replace(before, `data: {"type":"thread.item.done","item":{"id":"msg_b","type":"assistant_message"}}`+"\n\n", "", 1)
+	if got := string(f.Bytes()); got != want || got == before {
+		t.Fatalf("after dropping msg_b:\n%s\nwant\n%s", got, want)
+	}
+}
