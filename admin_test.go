@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,9 +19,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
+	"github.com/caddy-chatkit/caddy-chatkit/internal/pgtest"
 	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
 )
 
@@ -416,52 +415,11 @@ func TestPickBackupStore(t *testing.T) {
 	}
 }
 
-// adminPGDatabase creates a database of its own on the test PostgreSQL
-// server, dropped at cleanup, and returns its DSN; without a server it skips
-// (fails with CHATKIT_REQUIRE_POSTGRES=1).
-func adminPGDatabase(t *testing.T) string {
-	t.Helper()
-	server := os.Getenv("CHATKIT_TEST_POSTGRES_URL")
-	if server == "" {
-		if os.Getenv("CHATKIT_REQUIRE_POSTGRES") == "1" {
-			t.Fatal("CHATKIT_REQUIRE_POSTGRES=1 but CHATKIT_TEST_POSTGRES_URL is not set")
-		}
-		t.Skip("CHATKIT_TEST_POSTGRES_URL is not set")
-	}
-	ctx := context.Background()
-	name := strings.ToLower(agentNewID("chatkit_admin"))
-	conn, err := pgx.Connect(ctx, server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, server)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Error(err)
-		}
-	})
-	u, err := url.Parse(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
 // TestAdminWithPostgres: a PostgreSQL store in the pool beside a SQLite
 // one is searched and erased like it, and a backup of it is refused with a
 // pointer to pg_dump (alone) or skipped for the SQLite store (beside it).
 func TestAdminWithPostgres(t *testing.T) {
-	dsn := adminPGDatabase(t)
+	dsn := pgtest.FreshDatabase(t, "")
 	ctx := context.Background()
 	cfg, err := threadstore.ParsePostgres(dsn, threadstore.PostgresOptions{})
 	if err != nil {

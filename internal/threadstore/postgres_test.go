@@ -6,12 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/caddy-chatkit/caddy-chatkit/internal/pgtest"
 	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
 	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore/storetest"
 )
@@ -437,24 +433,12 @@ func TestPostgresDescribeHidesPassword(t *testing.T) {
 	}
 }
 
-// closedPort is a loopback port with nothing listening.
-func closedPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return port
-}
-
 // TestPostgresDownIsUnavailable: no server on the port, or one that accepts and
 // never answers: Open fails with ErrUnavailable, within the query timeout for
 // the silent one, and without the password.
 func TestPostgresDownIsUnavailable(t *testing.T) {
 	ctx := context.Background()
-	refused := fmt.Sprintf("postgres://alice:%s@127.0.0.1:%d/chat", pgSecret, closedPort(t))
+	refused := fmt.Sprintf("postgres://alice:%s@127.0.0.1:%d/chat", pgSecret, pgtest.FreePort(t))
 	_, err := threadstore.OpenPostgres(ctx, parsePG(t, refused, threadstore.PostgresOptions{}))
 	if !errors.Is(err, threadstore.ErrUnavailable) || strings.Contains(err.Error(), pgSecret) {
 		t.Fatalf("open on a closed port: %v", err)
@@ -604,66 +588,9 @@ func TestPostgresDeleteOwner(t *testing.T) {
 
 // pgCluster starts a PostgreSQL server of the test's own that asks for
 // passwords (the superuser postgres has password pw), and returns its address.
-// Skipped without the server programs, unless CHATKIT_REQUIRE_POSTGRES=1.
 func pgCluster(t *testing.T, pw string) string {
 	t.Helper()
-	bin := os.Getenv("CHATKIT_TEST_POSTGRES_BIN")
-	if bin == "" {
-		dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-		slices.Sort(dirs)
-		if len(dirs) > 0 {
-			bin = dirs[len(dirs)-1]
-		}
-	}
-	if _, err := os.Stat(filepath.Join(bin, "initdb")); bin == "" || err != nil {
-		if os.Getenv("CHATKIT_REQUIRE_POSTGRES") == "1" {
-			t.Fatal("no PostgreSQL server programs (set CHATKIT_TEST_POSTGRES_BIN)")
-		}
-		t.Skip("no PostgreSQL server programs under /usr/lib/postgresql/*/bin")
-	}
-	dir, err := os.MkdirTemp("", "pgstore-cluster-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	var as []string // PostgreSQL refuses to run as root
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("running as root, and no postgres user to run the server as: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		as = []string{"runuser", "-u", "postgres", "--"}
-	}
-	run := func(name string, args ...string) {
-		t.Helper()
-		argv := append(append(slices.Clone(as), filepath.Join(bin, name)), args...)
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", name, err, out)
-		}
-	}
-	pwfile := filepath.Join(dir, "pw")
-	if err := os.WriteFile(pwfile, []byte(pw+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data := filepath.Join(dir, "data")
-	run("initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile, "-A", "scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
-	port := closedPort(t)
-	run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "-o",
-		fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off", port, dir), "start")
-	t.Cleanup(func() {
-		argv := append(append(slices.Clone(as), filepath.Join(bin, "pg_ctl")), "-D", data, "stop", "-m", "immediate")
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Dir = dir
-		_ = cmd.Run()
-	})
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	return fmt.Sprintf("127.0.0.1:%d", pgtest.StartCluster(t, pw).Port)
 }
 
 // TestPostgresRefusedPassword: a server that refuses the password is
