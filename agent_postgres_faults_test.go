@@ -233,7 +233,7 @@ func TestAgentPostgresStreamSaveFails(t *testing.T) {
 	} {
 		// The answer comes slowly enough for the fault to fall inside it.
 		fake.ScriptResponse(fakeopenai.ResponseScript{Text: "one two three four five six", DeltaDelay: 100 * time.Millisecond})
-		rd := pgOpenStream(t, alice, addBody(th, "while "+fault.name))
+		rd := pgOpenStream(t, alice, addBody(th, "while "+fault.name), time.Now())
 		frames := readFrames(t, rd, func(f agentFrame) bool { return f.Type == "thread.item.updated" })
 		fault.break_()
 		start := time.Now()
@@ -267,24 +267,34 @@ func TestAgentPostgresStreamSaveFails(t *testing.T) {
 }
 
 // pgOpenStream starts a streaming request as u and returns the open stream.
-func pgOpenStream(t *testing.T, u *userClient, body string) *bufio.Reader {
+// A thread still held by a turn the fault ended (its lease could not be let
+// go while the database was away) may answer 409 thread_busy until the
+// lease expires: that is retried until pgResumeWithin after since.
+func pgOpenStream(t *testing.T, u *userClient, body string, since time.Time) *bufio.Reader {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	req, err := http.NewRequestWithContext(ctx, "POST", siteURL+agentPath, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Test-User", u.user)
 	c := &http.Client{Transport: u.c.Transport, Jar: u.c.Jar} // no client timeout: the stream is read as it comes
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		req, err := http.NewRequestWithContext(ctx, "POST", siteURL+agentPath, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Test-User", u.user)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			t.Cleanup(func() { resp.Body.Close() })
+			return bufio.NewReader(resp.Body)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusConflict || !strings.Contains(string(raw), `"thread_busy"`) || time.Since(since) > pgResumeWithin {
+			t.Fatalf("status %d %s", resp.StatusCode, raw)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d", resp.StatusCode)
-	}
-	return bufio.NewReader(resp.Body)
 }
