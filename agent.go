@@ -497,7 +497,8 @@ func (h *Handler) checkAgentPathFree() error {
 }
 
 // provisionAgent builds the agent from its config. It reads
-// instructions_file and nothing else: the database opens on first use.
+// instructions_file and nothing else: the database opens on first use (a
+// PostgreSQL store's in the background, see probe).
 // The API key, the upstream client and the rate-limit zone must be ready.
 func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	cfg := h.Agent
@@ -583,7 +584,11 @@ func (h *Handler) provisionAgent(repl *caddy.Replacer) error {
 	}
 	a.storeKey = target.key
 	val, _, err := agentStores.LoadOrNew(a.storeKey, func() (caddy.Destructor, error) {
-		return newAgentStoreHandle(target.name, target.open).startSweeper(h.logger), nil
+		hd := newAgentStoreHandle(target.name, target.open).startSweeper(h.logger)
+		if target.probe {
+			hd.probe(h.logger)
+		}
+		return hd, nil
 	})
 	if err != nil {
 		return err

@@ -124,6 +124,10 @@ func TestAgentPostgresDownAtStartup(t *testing.T) {
 	if r := do(t, plainClient(t), "GET", "/", ""); r.status != http.StatusOK || r.body != "the next handler" {
 		t.Fatalf("the rest of the site: %d %s", r.status, r.body)
 	}
+	// Said at startup, before any visitor came.
+	agentWaitUntil(t, "the startup log line", func() bool {
+		return strings.Contains(site.logLines(t), "the agent's thread store cannot be opened yet")
+	})
 	alice := &userClient{t: t, c: client(t), user: "alice"}
 	expectPGUnavailable(t, alice, fake, `{"type":"threads.list","params":{}}`, createBody("Hi"))
 	logs := site.logLines(t)

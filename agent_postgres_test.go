@@ -168,7 +168,7 @@ func TestAgentPostgresThroughCaddy(t *testing.T) {
 	if strings.Contains(logs, agentStoreSecret) {
 		t.Fatal("the DSN's password is in Caddy's log")
 	}
-	if !strings.Contains(logs, "deleted a user's data") {
+	if !strings.Contains(logs, "deleted a user's data") || !strings.Contains(logs, "the agent's thread store is open") {
 		t.Fatalf("the log file was not written to: %s", logs)
 	}
 }

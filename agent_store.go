@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -16,17 +17,20 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/threadstore"
 )
 
 // agentStoreTarget is a resolved store: key in agentStores, a name without
 // credentials (the SQLite path, or the PostgreSQL server, database and
-// user) and the open the handle runs on first use.
+// user) and the open the handle runs on first use. probe: open it in the
+// background as soon as it is pooled.
 type agentStoreTarget struct {
-	key  string
-	name string
-	open func(context.Context) (threadstore.Store, error)
+	key   string
+	name  string
+	open  func(context.Context) (threadstore.Store, error)
+	probe bool
 }
 
 // resolveAgentStore resolves the store block. It does no I/O: a database
@@ -68,6 +72,9 @@ func resolvePostgresStore(cfg *AgentStore, repl *caddy.Replacer) (agentStoreTarg
 	return agentStoreTarget{
 		key:  agentStorePostgres + ":" + hex.EncodeToString(sum[:]),
 		name: pc.Describe(),
+		// A server elsewhere may be down or refuse the password: the log
+		// says so when Caddy starts, not at the first visitor.
+		probe: true,
 		open: func(ctx context.Context) (threadstore.Store, error) {
 			st, err := threadstore.OpenPostgres(ctx, pc)
 			if err != nil {
@@ -76,4 +83,22 @@ func resolvePostgresStore(cfg *AgentStore, repl *caddy.Replacer) (agentStoreTarg
 			return st, nil
 		},
 	}, nil
+}
+
+// probe opens the store in the background and logs whether it could: the
+// agent answers 503 until it can, and each request tries again (at most
+// every agentStoreRetry).
+func (s *agentStoreHandle) probe(logger *zap.Logger) {
+	go func() {
+		defer recoverInto(logger, "open the thread store")
+		_, release, err := s.acquire(context.Background())
+		switch {
+		case err == nil:
+			release()
+			logger.Info("the agent's thread store is open", zap.String("path", s.path))
+		case !errors.Is(err, threadstore.ErrClosed): // the config went meanwhile
+			logger.Warn("the agent's thread store cannot be opened yet: the agent answers 503 store_unavailable until it can",
+				zap.String("path", s.path), zap.Error(err))
+		}
+	}()
 }
