@@ -179,7 +179,8 @@ func (s *SQLiteStore) fail(ctx context.Context, op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrExists), errors.Is(err, ErrInvalid), errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrExists), errors.Is(err, ErrInvalid), errors.Is(err, ErrUnavailable),
+		errors.Is(err, ErrBusy):
 		return err
 	case errors.Is(err, sql.ErrNoRows):
 		return ErrNotFound

@@ -3,9 +3,11 @@ package threadstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // TestSQLiteMigratesVersion1 opens a database written before attachments existed:
@@ -83,5 +85,44 @@ func TestSQLiteMigratesVersion2(t *testing.T) {
 	}
 	if d, err := s.DeleteIdleThreads(ctx, fromMicros(2)); err != nil || d != (Deleted{Threads: 1, Attachments: 1}) {
 		t.Fatalf("DeleteIdleThreads = %+v, %v", d, err)
+	}
+}
+
+// TestSQLiteMigratesVersion3 opens a database written before thread leases:
+// its threads stay, and the leases table arrives with the version bump.
+func TestSQLiteMigratesVersion3(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "threads.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(sqliteMigrations[0] + ";" + sqliteMigrations[1] + ";" + sqliteMigrations[2] + fmt.Sprintf(`; PRAGMA application_id = %d; PRAGMA user_version = 3;
+		INSERT INTO threads (id, owner, status, created_at, updated_at) VALUES ('thr_old', 'user:a', '{"type":"active"}', 1, 1)`, sqliteAppID)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := OpenSQLite(ctx, path, SQLiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var version int
+	if err := s.r.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != len(sqliteMigrations) || version < 4 {
+		t.Fatalf("user_version = %d, %v; want %d", version, err, len(sqliteMigrations))
+	}
+	if _, err := s.Thread(ctx, "user:a", "thr_old"); err != nil {
+		t.Fatalf("the version 3 thread: %v", err)
+	}
+	l, err := s.ClaimThread(ctx, "thr_old", time.Minute)
+	if err != nil {
+		t.Fatalf("claiming the version 3 thread: %v", err)
+	}
+	if _, err := s.ClaimThread(ctx, "thr_old", time.Minute); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second claim: %v, want ErrBusy", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

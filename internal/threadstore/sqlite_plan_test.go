@@ -28,6 +28,9 @@ func TestSQLiteQueryPlans(t *testing.T) {
 		"owner threads": qOwnerThreads, "all items": qAllItems, "owner attachments": qOwnerAttachments,
 		"count owner": qCountOwner, "delete owner attachments": qDeleteOwnerAttachments,
 		"delete owner threads": qDeleteOwnerThreads, "count idle": qCountIdle, "delete idle": qDeleteIdle,
+		// The lease upserts (qClaimThread, qRenewLease) have no plan to read:
+		// their conflict target is the primary key.
+		"release lease": qReleaseLease,
 	}
 	for _, order := range []Order{Asc, Desc} {
 		for _, cursor := range []bool{false, true} {

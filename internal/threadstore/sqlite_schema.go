@@ -66,6 +66,14 @@ var sqliteMigrations = []string{
 	// attached or not, by owner.
 	`CREATE INDEX threads_by_update ON threads (updated_at);
 	CREATE INDEX attachments_by_owner ON attachments (owner, created_at);`,
+	// 4: one running turn per thread, between the processes on the file:
+	// holder is the claim's random token, expires_at (microseconds) its end.
+	// No foreign key: a claim needs nothing of the thread and lapses by itself.
+	`CREATE TABLE leases (
+		thread_id  TEXT PRIMARY KEY,
+		holder     TEXT NOT NULL,
+		expires_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;`,
 }
 
 // migrateSQLite brings the database to the newest schema, refusing a database that

@@ -20,7 +20,8 @@
 // passes a context detached from the request, such as
 // context.WithTimeout(context.WithoutCancel(ctx), ...).
 //
-// Implementations: SQLiteStore (OpenSQLite), for one process on one file, and
+// Implementations: SQLiteStore (OpenSQLite), for the processes of one machine
+// on one file (its leases hold between them, on the machine's clock), and
 // PostgresStore (ParsePostgres, then OpenPostgres), for any number of processes
 // on one database: its ordering, leases and sweeps hold across them, and its
 // store's clock is the database server's. Every implementation passes the
@@ -254,7 +255,8 @@ type ThreadLeaser interface {
 // Lease is a live claim on a thread.
 type Lease interface {
 	// Renew extends the claim by its ttl from now; ErrBusy if it had lapsed
-	// and another claim took the thread.
+	// and another claim took the thread, or it was released. A claim that
+	// lapsed with nobody taking the thread is taken back.
 	Renew(ctx context.Context) error
 	// Release ends the claim (only this one: never a later holder's). Safe to
 	// call twice.

@@ -1,6 +1,6 @@
 // Package storetest is the conformance suite every threadstore.Store implementation
 // passes: ordering, pagination, ownership, cascades, retries, feedback, attachments,
-// concurrency and errors, all through the Store interface.
+// thread leases, concurrency and errors, all through the Store interface.
 package storetest
 
 import (
@@ -51,6 +51,11 @@ func Run(t *testing.T, open func(t *testing.T) threadstore.Store) {
 		{"DeleteIdleThreads", testDeleteIdleThreads},
 		{"DeleteIdleThreadsMany", testDeleteIdleThreadsMany},
 		{"OwnerMethodsClosed", testOwnerMethodsClosed},
+		{"LeaseClaimRelease", testLeaseClaimRelease},
+		{"LeaseRenewHolds", testLeaseRenewHolds},
+		{"LeaseTakeover", testLeaseTakeover},
+		{"LeaseConcurrentClaimers", testLeaseConcurrentClaimers},
+		{"LeaseErrors", testLeaseErrors},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
