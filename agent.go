@@ -750,7 +750,6 @@ type agentStoreHandle struct {
 	// PostgreSQL's server, database and user (never the password).
 	path string
 	open func(ctx context.Context) (threadstore.Store, error)
-	busy busyThreads
 
 	mu         sync.Mutex
 	store      threadstore.Store
@@ -1030,7 +1029,6 @@ func (h *Handler) failAgentStore(x *exchange, op string, err error) {
 // running the model. They spend no rate-limit token but each client has a
 // read bucket.
 func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
-	a := h.agent
 	if !h.agentReadAllowed(x) {
 		return
 	}
@@ -1094,14 +1092,7 @@ func (h *Handler) serveAgentJSON(x *exchange, req *agentRequest) {
 			h.failAgentStore(x, "thread", err)
 			return
 		}
-		if !a.store.busy.claim(req.ThreadID) {
-			x.refuse(answerThreadBusy)
-			return
-		}
-		_, err := st.DeleteThread(ctx, owner, req.ThreadID)
-		a.store.busy.release(req.ThreadID)
-		if err != nil {
-			h.failAgentStore(x, "delete thread", err)
+		if !h.deleteAgentThread(x, st, owner, req.ThreadID) {
 			return
 		}
 		out = []byte(agentEmptyObject)

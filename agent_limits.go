@@ -201,33 +201,3 @@ func (l *tokenLedger) spent(user string, perUser, site *tokenLimit, now int64) (
 	}
 	return userTokens, siteTokens
 }
-
-// busyThreads is the set of threads with a turn running, in this process:
-// a second model run on a thread that is answering is refused, since two
-// answers interleaved in one thread make no sense to anyone. It lives in the
-// pooled store, so handlers sharing a database share it, across reloads.
-type busyThreads struct {
-	mu      sync.Mutex
-	threads map[string]struct{}
-}
-
-// claim marks the thread busy; false if it already was.
-func (b *busyThreads) claim(threadID string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if _, busy := b.threads[threadID]; busy {
-		return false
-	}
-	if b.threads == nil {
-		b.threads = make(map[string]struct{})
-	}
-	b.threads[threadID] = struct{}{}
-	return true
-}
-
-// release ends a claim.
-func (b *busyThreads) release(threadID string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.threads, threadID)
-}

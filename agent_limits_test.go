@@ -125,20 +125,6 @@ func TestTokenLedgerConcurrent(t *testing.T) {
 	}
 }
 
-func TestBusyThreads(t *testing.T) {
-	var b busyThreads
-	if !b.claim("thr_1") || b.claim("thr_1") {
-		t.Fatal("a thread was claimed twice")
-	}
-	if !b.claim("thr_2") {
-		t.Fatal("another thread is free")
-	}
-	b.release("thr_1")
-	if !b.claim("thr_1") {
-		t.Fatal("a released thread stays busy")
-	}
-}
-
 func TestAgentWaitWords(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		0:                        "in 1 second",

@@ -64,8 +64,19 @@ type agentTurn struct {
 	rc     *http.ResponseController
 	gone   bool // writing to the browser failed
 	cancel context.CancelCauseFunc
-	// failed is set once a store error ended the turn (already reported).
+	// failed is set once a store error or the lost lease ended the turn
+	// (already reported).
 	failed bool
+
+	// runCtx is the request's context, also cancelled when the turn loses
+	// its thread's lease (stopRun's cause says so); the model and the tools
+	// run under it.
+	runCtx  context.Context
+	stopRun context.CancelCauseFunc
+	// The thread's lease while the turn holds it (agent_lease.go).
+	lease       threadstore.Lease
+	leaseThread string
+	keeper      *agentLeaseKeeper
 
 	// What the turn's model rounds reported, logged once at its end.
 	usage                 agentUsage
@@ -156,6 +167,9 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 	}
 	defer release()
 	t := &agentTurn{h: h, x: x, a: a, st: st, req: req, owner: x.user}
+	t.runCtx, t.stopRun = context.WithCancelCause(r.Context())
+	defer t.stopRun(nil)
+	defer t.endLease()
 	ctx := r.Context()
 	if req.Type != agentThreadsCreate {
 		th, err := st.Thread(ctx, t.owner, req.ThreadID)
@@ -190,12 +204,9 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 		x.refuseTurn(tokenRefusals[scope].turn, wait)
 		return
 	}
-	if t.thread.ID != "" {
-		if !a.store.busy.claim(t.thread.ID) {
-			x.refuse(answerThreadBusy)
-			return
-		}
-		defer a.store.busy.release(t.thread.ID)
+	// A new thread is claimed with its id, before it is created.
+	if t.thread.ID != "" && !t.claimTurn(t.thread.ID) {
+		return
 	}
 	cached, breakerWait, probe := h.guard.check(now)
 	if cached != nil {
@@ -226,7 +237,6 @@ func (t *agentTurn) run() {
 			h.guard.release(t.probe)
 			return
 		}
-		defer a.store.busy.release(t.thread.ID)
 	}
 	t.startStream()
 	if t.req.Type == agentThreadsCreate {
@@ -315,21 +325,32 @@ func newAgentTitleSource(first string, forModel bool) agentTitleSource {
 	return src
 }
 
-// createThread makes the new thread (a fresh id on the rare collision).
-// It answers the request itself when it cannot.
+// createThread makes the new thread (a fresh id on the rare collision),
+// claimed before it exists: no other request can run a turn on it, here or
+// on another instance. It answers the request itself when it cannot.
 func (t *agentTurn) createThread() bool {
 	ctx := t.x.r.Context()
 	for attempt := 0; ; attempt++ {
-		th, err := t.st.CreateThread(ctx, threadstore.Thread{ID: agentNewID("thr"), Owner: t.owner, CreatedAt: t.h.now()})
-		if errors.Is(err, threadstore.ErrExists) && attempt < 3 {
-			continue
+		id, claimed := agentNewID("thr"), time.Now()
+		l, err := t.st.ClaimThread(ctx, id, agentLeaseTTL)
+		if errors.Is(err, threadstore.ErrBusy) && attempt < 3 {
+			continue // a collision with a claim of the same id
 		}
 		if err != nil {
+			t.h.failAgentStore(t.x, "claim thread", err)
+			return false
+		}
+		th, err := t.st.CreateThread(ctx, threadstore.Thread{ID: id, Owner: t.owner, CreatedAt: t.h.now()})
+		if err != nil {
+			t.h.releaseAgentLease(t.x, id, l)
+			if errors.Is(err, threadstore.ErrExists) && attempt < 3 {
+				continue
+			}
 			t.h.failAgentStore(t.x, "create thread", err)
 			return false
 		}
 		t.thread = agentThreadOf(th)
-		t.a.store.busy.claim(th.ID) // new: nobody else can hold it
+		t.holdLease(th.ID, l, claimed)
 		t.x.logFields = append(t.x.logFields, zap.String("thread_id", th.ID))
 		return true
 	}
@@ -447,6 +468,9 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 	ctx, cancel := t.saveContext()
 	defer cancel()
 	for i := range done {
+		if !t.leaseHeld() {
+			return false // another turn may answer the thread now
+		}
 		d := &done[i]
 		_, err := t.st.AddItem(ctx, t.owner, threadstore.Item{
 			ID: d.ID, ThreadID: t.thread.ID, CreatedAt: d.CreatedAt, Type: d.Type, Data: d.JSON,
@@ -553,6 +577,9 @@ func (t *agentTurn) callModel(history []threadstore.Item) bool {
 			return ok
 		}
 		turnItems = t.runTools(round, turnItems)
+		if !t.leaseHeld() {
+			return false
+		}
 		if t.gone || t.x.r.Context().Err() != nil {
 			t.x.outcome = outcomeClientClosed // left while the tools ran
 			return false
@@ -571,7 +598,7 @@ func (t *agentTurn) runTools(round *agentRoundItems, turnItems []byte) []byte {
 	}
 	t.flush()
 	allowed := tools.maxCalls - t.toolCallsDone
-	outputs := tools.runBatch(r.Context(), round.calls, allowed, site)
+	outputs := tools.runBatch(t.runCtx, round.calls, allowed, site)
 	t.toolCallsDone += min(len(round.calls), allowed)
 	for _, item := range round.items {
 		if len(turnItems) > 0 {
@@ -594,11 +621,15 @@ func (t *agentTurn) streamRound(body []byte, round *agentRoundItems) bool {
 
 	// The browser leaving cancels everything at once; the timers cancel with
 	// their own cause, so the end of the turn can say which it was.
-	ctx, cancel := context.WithCancelCause(x.r.Context())
+	ctx, cancel := context.WithCancelCause(t.runCtx)
 	defer cancel(nil)
 	t.cancel = cancel
 	if t.gone {
 		cancel(errAgentClientGone)
+	}
+	if !t.leaseHeld() {
+		t.flush()
+		return false
 	}
 	firstByte := time.AfterFunc(h.timeout, func() { cancel(errAgentFirstByte) })
 	defer firstByte.Stop()
@@ -650,6 +681,7 @@ func (t *agentTurn) streamRound(body []byte, round *agentRoundItems) bool {
 	if idle != nil {
 		idle.stop()
 	}
+	t.leaseHeld() // a lost lease ends the turn as a store error does
 
 	var turnErr *upstreamError
 	if !conv.Finished() {
