@@ -486,6 +486,17 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 	return true
 }
 
+// persistFed saves what the converter finished while the frames grew from
+// mark. When it cannot, the frames built since mark go too: they say those
+// items are done, and the browser is never told so of an item that is not
+// saved (the error event that follows them stays).
+func (t *agentTurn) persistFed(mark int, done []agentDoneItem) {
+	end := t.frames.Len()
+	if !t.persist(done) {
+		t.frames.drop(mark, end)
+	}
+}
+
 // storeFailed ends the turn after a store error once the stream began: an
 // error event (retrying may help), the cause in the log only.
 func (t *agentTurn) storeFailed(op string, err error) {
@@ -672,16 +683,19 @@ func (t *agentTurn) streamRound(body []byte, round *agentRoundItems) bool {
 			readErr, badStream = err, true
 			break
 		}
+		mark := t.frames.Len()
 		conv.Feed(&ev)
 		if round != nil {
 			round.capture(&ev, data)
 		}
-		t.persist(conv.Done())
+		t.persistFed(mark, conv.Done())
 	}
 	if idle != nil {
 		idle.stop()
 	}
-	t.leaseHeld() // a lost lease ends the turn as a store error does
+	if !conv.Finished() {
+		t.leaseHeld() // a lost lease ends the turn as a store error does
+	}
 
 	var turnErr *upstreamError
 	if !conv.Finished() {
@@ -702,8 +716,9 @@ func (t *agentTurn) streamRound(body []byte, round *agentRoundItems) bool {
 		default:
 			turnErr = &upstreamError{failure: failNetwork, status: call.status, cause: readErr} // a reset
 		}
+		mark := t.frames.Len()
 		conv.Interrupt(cut)
-		t.persist(conv.Done())
+		t.persistFed(mark, conv.Done())
 	}
 	o := conv.Outcome()
 	if turnErr == nil {

@@ -1315,6 +1315,10 @@ func (f *agentFrames) Bytes() []byte { return f.buf }
 // Len is the size of the frames built since the last Reset.
 func (f *agentFrames) Len() int { return len(f.buf) }
 
+// drop removes the frames built between the lengths from and to, keeping
+// those after.
+func (f *agentFrames) drop(from, to int) { f.buf = append(f.buf[:from], f.buf[to:]...) }
+
 // agentKeepBuffer is the largest buffer a stream keeps between events:
 // enough for the small events that make up a stream, so that one large
 // event (the user's message, an echo of the instructions, the final item)
