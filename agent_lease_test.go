@@ -420,10 +420,11 @@ func TestAgentLeaseKeeper(t *testing.T) {
 		run, stop := context.WithCancelCause(ctx)
 		defer stop(nil)
 		k := startAgentLeaseKeeper(l, time.Now(), ttl, every, stop)
-		// Past the store's ttl many times over: the keeper's renewals keep
-		// the other process out.
+		// Past the store's ttl many times over: each time a renewal comes
+		// (the claim ends after the store's now again), and the other
+		// process stays out.
 		for range 5 {
-			clock.advance(50 * time.Second)
+			clock.advance(2 * time.Minute)
 			agentWaitUntil(t, "a renewal", func() bool {
 				expires := leaseExpiry(t, path)
 				return expires.After(clock.Now())
@@ -447,15 +448,13 @@ func TestAgentLeaseKeeper(t *testing.T) {
 		}
 		run, stop := context.WithCancelCause(ctx)
 		defer stop(nil)
-		// The store's clock jumps past the ttl between two renewals (a
-		// stalled process) and another process takes the thread.
-		k := startAgentLeaseKeeper(l, time.Now(), time.Hour, time.Hour, stop)
+		// The store's clock passes the claim's end before the first renewal
+		// (a stalled process), and another process takes the thread.
 		clock.advance(2 * time.Minute)
 		if _, err := other.ClaimThread(ctx, "thr", time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		k.halt()
-		k = startAgentLeaseKeeper(l, time.Now(), ttl, every, stop)
+		k := startAgentLeaseKeeper(l, time.Now(), ttl, every, stop)
 		defer k.halt()
 		if cause := waitCause(t, run); !errors.Is(cause, errAgentLeaseLost) {
 			t.Fatalf("cause %v, want errAgentLeaseLost", cause)
@@ -513,13 +512,22 @@ func TestAgentLeaseKeeper(t *testing.T) {
 		defer stop(nil)
 		k := startAgentLeaseKeeper(l, time.Now(), time.Hour, every, stop)
 		defer k.halt()
-		// Held for several periods: those renewals fail, and the keeper
+		// Held for several periods: those renewals fail (the expiry stays
+		// where the claim put it, behind the store's clock), and the keeper
 		// carries on while the claim cannot lapse.
-		time.Sleep(5 * every)
-		if _, err := conn.ExecContext(ctx, `ROLLBACK`); err != nil {
+		var claimedUntil int64
+		if err := conn.QueryRowContext(ctx, `SELECT expires_at FROM leases WHERE thread_id = 'thr'`).Scan(&claimedUntil); err != nil {
 			t.Fatal(err)
 		}
 		clock.advance(time.Hour)
+		time.Sleep(5 * every)
+		var until int64
+		if err := conn.QueryRowContext(ctx, `SELECT expires_at FROM leases WHERE thread_id = 'thr'`).Scan(&until); err != nil || until != claimedUntil {
+			t.Fatalf("expiry %d, %v while the file was locked; want the claim's %d", until, err, claimedUntil)
+		}
+		if _, err := conn.ExecContext(ctx, `ROLLBACK`); err != nil {
+			t.Fatal(err)
+		}
 		agentWaitUntil(t, "a renewal after the lock", func() bool {
 			return leaseExpiry(t, path).After(clock.Now())
 		})
