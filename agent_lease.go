@@ -25,8 +25,9 @@ const (
 	// agentLeaseTTL is how long a claim holds without renewal: how long a
 	// thread stays busy after the instance answering it died.
 	agentLeaseTTL = 15 * time.Second
-	// agentLeaseRenew is how often a running turn renews its claim: two
-	// attempts fit in a ttl before the turn gives up.
+	// agentLeaseRenew is how often a running turn renews its claim: after
+	// a failure it tries once more, and gives up 2.5 s before the claim
+	// could lapse.
 	agentLeaseRenew = 5 * time.Second
 	// agentLeaseReleaseTimeout bounds the release at the end of a turn,
 	// which runs detached from the request (the browser may have left).
@@ -100,6 +101,9 @@ func startAgentLeaseKeeper(l threadstore.Lease, claimed time.Time, ttl, every ti
 	return k
 }
 
+// run renews every k.every. After a failure it tries again at the next
+// tick while that attempt can still end half a period before the claim
+// lapses; otherwise it gives the lease up then, with time to stop the turn.
 func (k *agentLeaseKeeper) run(renewed time.Time) {
 	defer close(k.done)
 	tick := time.NewTicker(k.every)
@@ -110,10 +114,10 @@ func (k *agentLeaseKeeper) run(renewed time.Time) {
 			return
 		case <-tick.C:
 		}
-		// No attempt may outlast the claim it extends.
+		giveUp := renewed.Add(k.ttl - k.every/2)
 		deadline := time.Now().Add(k.every)
-		if end := renewed.Add(k.ttl); end.Before(deadline) {
-			deadline = end
+		if giveUp.Before(deadline) {
+			deadline = giveUp
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		start := time.Now()
@@ -125,8 +129,7 @@ func (k *agentLeaseKeeper) run(renewed time.Time) {
 		case errors.Is(err, threadstore.ErrBusy):
 			k.lost(errAgentLeaseLost)
 			return
-		case !time.Now().Add(k.every).Before(renewed.Add(k.ttl)):
-			// The next attempt would come too late: the claim may lapse.
+		case !time.Now().Add(k.every).Before(giveUp):
 			k.lost(fmt.Errorf("%w: %w", errAgentLeaseUnrenewed, err))
 			return
 		}

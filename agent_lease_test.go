@@ -407,7 +407,7 @@ func waitCause(t *testing.T, ctx context.Context) error {
 // the test moves, with short real-time periods.
 func TestAgentLeaseKeeper(t *testing.T) {
 	ctx := context.Background()
-	const ttl, every = 400 * time.Millisecond, 20 * time.Millisecond
+	const ttl, every = 600 * time.Millisecond, 60 * time.Millisecond
 
 	t.Run("renews", func(t *testing.T) {
 		clock := &leaseClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
