@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,5 +91,47 @@ func TestSQLiteLeaseClock(t *testing.T) {
 		t.Fatalf("claim after the holder released: %v", err)
 	} else if err := l.Release(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSQLiteLeaseTwoStoresRace: claimers in two processes on one file race
+// for the same threads; exactly one wins each.
+func TestSQLiteLeaseTwoStoresRace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "threads.db")
+	stores := []*threadstore.SQLiteStore{
+		openSQLite(t, path, threadstore.SQLiteOptions{}), openSQLite(t, path, threadstore.SQLiteOptions{}),
+	}
+	const threads, perStore = 10, 4
+	for th := range threads {
+		id := "thr_" + strconv.Itoa(th)
+		var wins, busy atomic.Int32
+		errs := make(chan error, len(stores)*perStore)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, s := range stores {
+			for range perStore {
+				wg.Go(func() {
+					<-start
+					_, err := s.ClaimThread(context.Background(), id, time.Minute)
+					switch {
+					case err == nil:
+						wins.Add(1)
+					case errors.Is(err, threadstore.ErrBusy):
+						busy.Add(1)
+					default:
+						errs <- err
+					}
+				})
+			}
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if wins.Load() != 1 || int(busy.Load()) != len(stores)*perStore-1 {
+			t.Fatalf("%s: %d wins, %d busy; want exactly one win", id, wins.Load(), busy.Load())
+		}
 	}
 }
