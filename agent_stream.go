@@ -487,13 +487,17 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 }
 
 // persistFed saves what the converter finished while the frames grew from
-// mark. When it cannot, the frames built since mark go too: they say those
-// items are done, and the browser is never told so of an item that is not
-// saved (the error event that follows them stays).
+// mark. When it cannot (a store error, a lost lease), the done events built
+// since mark go: the browser is never told an item is done that is not
+// saved. After the turn ended, nothing built since mark goes.
 func (t *agentTurn) persistFed(mark int, done []agentDoneItem) {
-	end := t.frames.Len()
+	if t.failed {
+		// Ended before: its error event stays the last one sent.
+		t.frames.truncate(mark)
+		return
+	}
 	if !t.persist(done) {
-		t.frames.drop(mark, end)
+		t.frames.dropItemsDone(mark)
 	}
 }
 
