@@ -167,13 +167,17 @@ type rawReply struct {
 	err    error
 }
 
-// rawAgentPost sends a ChatKit request and reads the whole answer.
-func rawAgentPost(c *http.Client, body string) rawReply {
+// rawAgentPost sends a ChatKit request with the headers (name, value, ...)
+// and reads the whole answer.
+func rawAgentPost(c *http.Client, body string, headers ...string) rawReply {
 	req, err := http.NewRequest("POST", siteURL+agentPath, strings.NewReader(body))
 	if err != nil {
 		return rawReply{err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		return rawReply{err: err}
