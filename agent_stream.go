@@ -469,6 +469,7 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 	defer cancel()
 	for i := range done {
 		if !t.leaseHeld() {
+			t.unacknowledge(done[i:])
 			return false // another turn may answer the thread now
 		}
 		d := &done[i]
@@ -476,9 +477,7 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 			ID: d.ID, ThreadID: t.thread.ID, CreatedAt: d.CreatedAt, Type: d.Type, Data: d.JSON,
 		})
 		if err != nil {
-			for _, unsaved := range done[i:] {
-				t.frames.dropItemDone(unsaved.ID)
-			}
+			t.unacknowledge(done[i:])
 			t.storeFailed("save item", err)
 			return false
 		}
@@ -486,19 +485,24 @@ func (t *agentTurn) persist(done []agentDoneItem) bool {
 	return true
 }
 
+// unacknowledge drops the unsent thread.item.done events of items that were
+// not saved: the event tells the client the item is kept.
+func (t *agentTurn) unacknowledge(unsaved []agentDoneItem) {
+	for i := range unsaved {
+		t.frames.dropItemDone(unsaved[i].ID)
+	}
+}
+
 // persistFed saves what the converter finished while the frames grew from
-// mark. When it cannot (a store error, a lost lease), the done events built
-// since mark go: the browser is never told an item is done that is not
-// saved. After the turn ended, nothing built since mark goes.
+// mark. Once the turn has ended (a store error, a lost lease), nothing built
+// since mark goes out: the error event stays the last, and no item that was
+// not saved is announced done.
 func (t *agentTurn) persistFed(mark int, done []agentDoneItem) {
 	if t.failed {
-		// Ended before: its error event stays the last one sent.
 		t.frames.truncate(mark)
 		return
 	}
-	if !t.persist(done) {
-		t.frames.dropItemsDone(mark)
-	}
+	t.persist(done)
 }
 
 // storeFailed ends the turn after a store error once the stream began: an

@@ -1318,25 +1318,6 @@ func (f *agentFrames) Len() int { return len(f.buf) }
 // truncate removes the frames built since the length n.
 func (f *agentFrames) truncate(n int) { f.buf = f.buf[:n] }
 
-// dropItemsDone removes the thread.item.done events built since the length
-// from, keeping every other event: a done event tells the client the item
-// is kept, and these items were not saved.
-func (f *agentFrames) dropItemsDone(from int) {
-	head := []byte(`data: {"type":"thread.item.done"`)
-	out := from
-	for at := from; at < len(f.buf); {
-		end := len(f.buf)
-		if n := bytes.Index(f.buf[at:], []byte("\n\n")); n >= 0 {
-			end = at + n + 2 // JSON escapes newlines: only a frame's end is two
-		}
-		if !bytes.HasPrefix(f.buf[at:end], head) {
-			out += copy(f.buf[out:], f.buf[at:end])
-		}
-		at = end
-	}
-	f.buf = f.buf[:out]
-}
-
 // agentKeepBuffer is the largest buffer a stream keeps between events:
 // enough for the small events that make up a stream, so that one large
 // event (the user's message, an echo of the instructions, the final item)

@@ -192,32 +192,6 @@ func TestAgentEncodingMatchesReference(t *testing.T) {
 
 // TestAgentStringEncoding: appendAgentString writes what encoding/json
 // writes with HTML escaping off, for any string, and valid JSON.
-// TestAgentFramesDropItemsDone: the done events built since the mark go,
-// and only they: not one before it, not the updates or the error event.
-func TestAgentFramesDropItemsDone(t *testing.T) {
-	var f agentFrames
-	f.itemDoneJSON([]byte(`{"id":"msg_a","type":"user_message"}`))
-	mark := f.Len()
-	f.textDelta("msg_b", 0, "thread.item.done\n\n")
-	f.itemDoneJSON([]byte(`{"id":"msg_b","type":"assistant_message"}`))
-	f.itemDoneJSON([]byte(`{"id":"msg_c","type":"assistant_message"}`))
-	f.errorEvent(agentStreamError{Code: agentErrorCodeStream, AllowRetry: true})
-	all := string(f.Bytes())
-	frames := strings.SplitAfter(all, "\n\n")
-	if len(frames) != 6 || frames[5] != "" {
-		t.Fatalf("frames %q", frames)
-	}
-	want := frames[0] + frames[1] + frames[4]
-	f.dropItemsDone(mark)
-	if got := string(f.Bytes()); got != want {
-		t.Fatalf("after the drop:\n%s\nwant\n%s", got, want)
-	}
-	f.dropItemsDone(f.Len())
-	if got := string(f.Bytes()); got != want {
-		t.Fatalf("a drop from the end changed the frames: %s", got)
-	}
-}
-
 func TestAgentStringEncoding(t *testing.T) {
 	strs := []string{"", "plain", `quote " backslash \ slash /`, "<b>&amp;</b>", "tab\tnl\ncr\rbs\bff\f\x00\x01\x1f\x7f",
 		"é中😀", "\u2028\u2029", "\xff\xfe", "a\xc3", "\xed\xa0\x80", "\ufffd", strings.Repeat("ab\"", 100)}
