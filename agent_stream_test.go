@@ -285,7 +285,9 @@ func expectRefusal(t *testing.T, s agentStream, messagePrefix string) {
 
 func TestAgentRateLimitRefusedAsEvent(t *testing.T) {
 	fake := newFake(t)
-	startAgent(t, fake, "", "rate_limit 1 1h", "")
+	// A zone of this run's own: the buckets of an earlier config with the
+	// same limits (kept across reloads) would have spent the one run.
+	startAgent(t, fake, "", "rate_limit 1 1h {\n\t\t\tzone "+agentNewID("refused_event_test")+"\n\t\t}", "")
 	browser := client(t)
 	th := agentStreamPost(t, browser, createBody("q")).threadID(t)
 	calls := fake.ResponsesCount()

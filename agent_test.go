@@ -770,8 +770,11 @@ func TestAgentRefusesBadRequests(t *testing.T) {
 
 func TestAgentReadsHaveTheirOwnBucket(t *testing.T) {
 	fake := newFake(t)
-	// One model run an hour, and reads bounded on their own.
-	startAgent(t, fake, "", "rate_limit 1 1h", "")
+	// One model run an hour, and reads bounded on their own. The zone is
+	// this run's own: buckets outlive configs, and another test's reads or
+	// model run from 127.0.0.1 under the same limits (the config just
+	// before, in any order) would otherwise have spent from these buckets.
+	startAgent(t, fake, "", "rate_limit 1 1h {\n\t\t\tzone "+agentNewID("reads_test")+"\n\t\t}", "")
 	c := client(t)
 	// A burst of agentReadBurst, then one more per agentReadInterval: the
 	// refusal comes after the burst and what refilled meanwhile, no later.
