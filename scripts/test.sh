@@ -160,7 +160,13 @@ lock=()
 if [[ -n ${CHATKIT_TEST_LOCK:-} ]]; then
 	lock=(flock "$CHATKIT_TEST_LOCK")
 fi
-"${lock[@]}" go test -race -count=1 -p 1 ./...
+# The whole output is kept: a failing test's own lines scroll far above the
+# end, so they are repeated there (CI shows only the tail).
+if ! "${lock[@]}" go test -race -count=1 -p 1 ./... 2>&1 | tee "$TMP/go-test.log"; then
+	printf '\n==> the failures, again:\n'
+	grep -v '^{"level"' "$TMP/go-test.log" | grep -E -A 30 '^(--- FAIL|panic:|WARNING: DATA RACE)' | head -n 300 || true
+	exit 1
+fi
 
 step "building ./cmd/caddy"
 go build -o "$TMP/caddy" ./cmd/caddy
