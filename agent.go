@@ -251,10 +251,16 @@ type TokenBudgetLimit struct {
 	// `usage.total_tokens`).
 	Tokens int64 `json:"tokens"`
 
-	// The window's length. Windows follow one another from when the site's
-	// config was first loaded, on the monotonic clock (a step of the system
-	// clock neither ends nor stretches one); a reload keeps them and what
-	// was spent, a restart starts afresh.
+	// The window's length. In-process, windows follow one another from
+	// when the site's config was first loaded, on the monotonic clock (a
+	// step of the system clock neither ends nor stretches one); a reload
+	// keeps them and what was spent, a restart starts afresh. With the
+	// block's Redis (`rate_limit … { redis <url> }`, or `rate_limit off {
+	// redis <url> }`), the spend is counted there by one atomic script and
+	// windows are aligned to the Unix epoch on Redis's clock (TIME), so
+	// every instance shares the same windows and the same count, and a
+	// restart of one forgets nothing; while Redis does not answer,
+	// `on_redis_error` decides (`local` counts in-process meanwhile).
 	Interval caddy.Duration `json:"interval"`
 }
 

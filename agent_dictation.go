@@ -282,7 +282,7 @@ func (h *Handler) serveTranscribe(x *exchange, req *agentRequest) {
 	}
 
 	now := h.now()
-	if scope, wait := h.admitTokens(x.user, now); scope != tokenScopeNone {
+	if scope, wait := h.admitTokens(r.Context(), x.user, now); scope != tokenScopeNone {
 		x.refuseAfter(tokenRefusals[scope].json, wait)
 		return
 	}

@@ -4,9 +4,11 @@ package chatkit
 // cost, per user and for the site, in fixed windows), the bucket that bounds
 // reads of the thread store, and the rule of one running turn per thread.
 // Model runs also spend the block's `rate_limit` token and `budget` run,
-// which live in the rate-limit zone (ratelimit.go).
+// which live in the rate-limit zone (ratelimit.go). With the block's Redis
+// the token budgets live there too (redis.go), shared by every instance.
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -101,14 +103,57 @@ const (
 	tokenScopeNone tokenScope = iota
 	tokenScopeUser
 	tokenScopeSite
+	// tokenScopeUnavailable: the budgets are in Redis, Redis does not
+	// answer and on_redis_error is deny.
+	tokenScopeUnavailable
 )
 
 // admitTokens decides a paid call for owner against the agent's token
 // budgets: tokenScopeNone admits it, else the budget that refused and the
-// wait until its window ends.
-func (h *Handler) admitTokens(owner string, now time.Time) (tokenScope, time.Duration) {
+// wait until its window ends. With the block's Redis the decision is made
+// there, for every instance; while Redis does not answer, on_redis_error
+// decides, as for the other limits (rateLimiter.decideShared).
+func (h *Handler) admitTokens(ctx context.Context, owner string, now time.Time) (tokenScope, time.Duration) {
 	a := h.agent
-	return a.zone.tokens.admit(owner, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now))
+	if a.userBudget == nil && a.siteBudget == nil {
+		return tokenScopeNone, 0
+	}
+	scope, wait := tokenScopeNone, time.Duration(0)
+	_, ok := h.limiter.decideShared(ctx, now,
+		func(ctx context.Context, b *redisBackend) (decision, error) {
+			var err error
+			scope, wait, err = b.admitTokens(ctx, owner, a.userBudget, a.siteBudget, now)
+			return decision{}, err
+		},
+		func() decision {
+			scope, wait = a.zone.tokens.admit(owner, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now))
+			return decision{}
+		})
+	if !ok {
+		return tokenScopeUnavailable, redisRetryBackoff
+	}
+	return scope, wait
+}
+
+// chargeTokens counts what a call cost where admitTokens looks: in Redis
+// when it answers, else in this instance's ledger (the one the fallback
+// admits by).
+func (h *Handler) chargeTokens(owner string, tokens int64, now time.Time) {
+	a := h.agent
+	if tokens <= 0 || (a.userBudget == nil && a.siteBudget == nil) {
+		return
+	}
+	if b := h.limiter.redis; b != nil {
+		// Not the request's context: a visitor who went away still spent
+		// the tokens.
+		if b.usable(now) && b.chargeTokens(context.Background(), owner, tokens, a.userBudget, a.siteBudget, now) == nil {
+			return
+		}
+		if !b.deny {
+			redisFallbacks.Inc()
+		}
+	}
+	a.zone.tokens.charge(owner, tokens, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now))
 }
 
 // admit decides whether user may start a turn now (ns on the zone's

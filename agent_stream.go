@@ -200,7 +200,7 @@ func (h *Handler) serveAgentTurn(x *exchange, req *agentRequest) {
 
 	// The limits, decided before anything is saved or the model is called.
 	now := h.now()
-	if scope, wait := h.admitTokens(t.owner, now); scope != tokenScopeNone {
+	if scope, wait := h.admitTokens(ctx, t.owner, now); scope != tokenScopeNone {
 		x.refuseTurn(tokenRefusals[scope].turn, wait)
 		return
 	}
@@ -826,12 +826,11 @@ func (t *agentTurn) chargeTokens(u agentUsage) { t.h.chargeAgentTokens(t.owner, 
 // title, a transcription) against owner's and the site's token budgets and
 // in the metrics.
 func (h *Handler) chargeAgentTokens(owner string, u agentUsage) {
-	a := h.agent
 	total := u.TotalTokens
 	if total == 0 {
 		total = u.InputTokens + u.OutputTokens
 	}
-	a.zone.tokens.charge(owner, total, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(h.now()))
+	h.chargeTokens(owner, total, h.now())
 	agentTokens.WithLabelValues("input").Add(float64(max(u.InputTokens, 0)))
 	agentTokens.WithLabelValues("output").Add(float64(max(u.OutputTokens, 0)))
 }

@@ -144,6 +144,8 @@ var limitRefusals = [...]struct{ json, turn answer }{
 var tokenRefusals = [...]struct{ json, turn answer }{
 	tokenScopeUser: {answerTokensUser, answerTurnTokensUser},
 	tokenScopeSite: {answerTokensSite, answerTurnTokensSite},
+	// The budgets are in Redis, which does not answer (on_redis_error deny).
+	tokenScopeUnavailable: {answerLimiterDown, answerTurnLimiterDown},
 }
 
 // appendHead appends the start of the answer's body, `{"error":…,"message":…`,

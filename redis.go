@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -261,4 +262,119 @@ func (b *redisBackend) takeSession(ctx context.Context, secret, user string, now
 func (b *redisBackend) sessionKey(secret string) string {
 	d := digestSecret(secret)
 	return b.prefix + "sess:" + hex.EncodeToString(d[:])
+}
+
+// Token budgets (agent_limits.go) in Redis: each budget is a hash under the
+// zone prefix, {w: the window's index, u: tokens used in it}, expiring when
+// its window ends. Windows are fixed, interval long and aligned to the Unix
+// epoch on Redis's clock, so every instance sees the same windows whatever
+// its own clock says. A stored window later than now's (Redis's clock went
+// back) stays the current one, so no clock step hands a spent budget back.
+const (
+	tokensSiteRedisKey = "tokens:site"
+	tokensUserRedisKey = "tokens:user:"
+)
+
+// admitTokensScript decides a turn against the budgets: KEYS are the
+// budgets' hashes, ARGV each one's tokens and window (µs), in turn. It
+// returns {0, 0} when all are under their budget, else {i, µs until the
+// window ends} for the first key (1-based) whose window is spent.
+var admitTokensScript = redis.NewScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+	local tokens = tonumber(ARGV[2 * i - 1])
+	local window = tonumber(ARGV[2 * i])
+	local index = math.floor(now / window)
+	local v = redis.call('HMGET', KEYS[i], 'w', 'u')
+	if v[1] and tonumber(v[1]) >= index and tonumber(v[2] or '0') >= tokens then
+		return {i, (index + 1) * window - now}
+	end
+end
+return {0, 0}
+`)
+
+// chargeTokensScript adds ARGV[1] tokens to every budget in KEYS, in the
+// window now falls in; ARGV[i+1] is KEYS[i]'s window (µs). string.format
+// writes integers exactly (a Lua number as an argument keeps 14 digits).
+var chargeTokensScript = redis.NewScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+	local window = tonumber(ARGV[i + 1])
+	local index = math.floor(now / window)
+	local stored = redis.call('HGET', KEYS[i], 'w')
+	local w = stored and tonumber(stored)
+	if w == nil or w < index then
+		redis.call('HSET', KEYS[i], 'w', string.format('%d', index), 'u', ARGV[1])
+		w = index
+	else
+		redis.call('HINCRBY', KEYS[i], 'u', ARGV[1])
+	end
+	redis.call('PEXPIRE', KEYS[i], string.format('%d', math.ceil(((w + 1) * window - now) / 1000)))
+end
+return 1
+`)
+
+// tokenBudgets lists the configured budgets for user, the site's first (it
+// is checked first, as in-process), with their keys and scopes.
+func (b *redisBackend) tokenBudgets(user string, perUser, site *tokenLimit) (keys []string, limits []*tokenLimit, scopes []tokenScope) {
+	if site != nil {
+		keys, limits, scopes = append(keys, b.prefix+tokensSiteRedisKey), append(limits, site), append(scopes, tokenScopeSite)
+	}
+	if perUser != nil {
+		// A digest, not the id: Redis's operators need not see who chats.
+		d := sha256.Sum256([]byte(user))
+		keys = append(keys, b.prefix+tokensUserRedisKey+hex.EncodeToString(d[:16]))
+		limits, scopes = append(limits, perUser), append(scopes, tokenScopeUser)
+	}
+	return keys, limits, scopes
+}
+
+// admitTokens is tokenLedger.admit in Redis, shared by every instance.
+func (b *redisBackend) admitTokens(ctx context.Context, user string, perUser, site *tokenLimit, now time.Time) (tokenScope, time.Duration, error) {
+	keys, limits, scopes := b.tokenBudgets(user, perUser, site)
+	if len(keys) == 0 {
+		return tokenScopeNone, 0, nil
+	}
+	args := make([]any, 0, 2*len(limits))
+	for _, l := range limits {
+		args = append(args, l.tokens, windowMicros(l.interval))
+	}
+	scope, wait := tokenScopeNone, time.Duration(0)
+	err := b.op(ctx, now, func(ctx context.Context) error {
+		res, err := admitTokensScript.Run(ctx, b.client, keys, args...).Int64Slice()
+		if err == nil && (len(res) != 2 || res[0] < 0 || res[0] > int64(len(scopes))) {
+			err = fmt.Errorf("the token budget script answered %v", res)
+		}
+		if err != nil {
+			return err
+		}
+		if res[0] > 0 {
+			scope, wait = scopes[res[0]-1], max(time.Duration(res[1])*time.Microsecond, time.Microsecond)
+		}
+		return nil
+	})
+	if err != nil {
+		return tokenScopeNone, 0, err
+	}
+	return scope, wait, nil
+}
+
+// chargeTokens is tokenLedger.charge in Redis.
+func (b *redisBackend) chargeTokens(ctx context.Context, user string, tokens int64, perUser, site *tokenLimit, now time.Time) error {
+	keys, limits, _ := b.tokenBudgets(user, perUser, site)
+	if len(keys) == 0 || tokens <= 0 {
+		return nil
+	}
+	args := make([]any, 0, 1+len(limits))
+	args = append(args, tokens)
+	for _, l := range limits {
+		args = append(args, windowMicros(l.interval))
+	}
+	return b.op(ctx, now, func(ctx context.Context) error {
+		return chargeTokensScript.Run(ctx, b.client, keys, args...).Err()
+	})
 }
