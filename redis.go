@@ -306,7 +306,8 @@ for i = 1, #KEYS do
 	local window = tonumber(ARGV[i + 1])
 	local index = math.floor(now / window)
 	local stored = redis.call('HGET', KEYS[i], 'w')
-	local w = stored and tonumber(stored)
+	local w = nil
+	if stored then w = tonumber(stored) end
 	if w == nil or w < index then
 		redis.call('HSET', KEYS[i], 'w', string.format('%d', index), 'u', ARGV[1])
 		w = index

@@ -2,6 +2,7 @@ package chatkit
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -664,4 +665,265 @@ func TestRedisFallbackIgnoresWallClockSteps(t *testing.T) {
 	if got := w.Header().Get("Retry-After"); got != "3597" {
 		t.Fatalf("Retry-After %s, want 3597 (the first session leaves the window then)", got)
 	}
+}
+
+// ---- the agent's token budgets in Redis -------------------------------------
+
+// tokenZone is a zone name of this test's own on the shared Redis, with its
+// keys deleted before and after.
+func tokenZone(t *testing.T, rc *redis.Client) string {
+	t.Helper()
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	zone := "tokens-" + hex.EncodeToString(b[:])
+	forgetZone(t, rc, zone)
+	t.Cleanup(func() { forgetZone(t, rc, zone) })
+	return zone
+}
+
+// tokenBackend is a zone's Redis backend, as an instance has it.
+func tokenBackend(t *testing.T, redisURL, zone, onError string) *redisBackend {
+	t.Helper()
+	b, err := newRedisBackend(redisURL, "zone:"+zone, onError, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.release)
+	return b
+}
+
+// redisWindowLeft is how long Redis's clock has until the end of the
+// window (aligned to the epoch) it is in now.
+func redisWindowLeft(t *testing.T, rc *redis.Client, interval time.Duration) time.Duration {
+	t.Helper()
+	now, err := rc.Time(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, iv := now.UnixMicro(), interval.Microseconds()
+	return time.Duration((us/iv+1)*iv-us) * time.Microsecond
+}
+
+func TestRedisTokenBudgetsAcrossInstances(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	zone := tokenZone(t, rc)
+	// Two instances' views of one zone.
+	one, two := tokenBackend(t, redisURL, zone, "deny"), tokenBackend(t, redisURL, zone, "deny")
+	ctx := context.Background()
+	user := &tokenLimit{tokens: 30, interval: time.Hour}
+	site := &tokenLimit{tokens: 100, interval: time.Hour}
+	admit := func(b *redisBackend, who string) (tokenScope, time.Duration) {
+		t.Helper()
+		scope, wait, err := b.admitTokens(ctx, who, user, site, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return scope, wait
+	}
+	charge := func(b *redisBackend, who string, n int64) {
+		t.Helper()
+		if err := b.chargeTokens(ctx, who, n, user, site, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if scope, _ := admit(one, "user:alice"); scope != tokenScopeNone {
+		t.Fatal("a user who spent nothing was refused")
+	}
+	charge(one, "user:alice", 20)
+	if scope, _ := admit(two, "user:alice"); scope != tokenScopeNone {
+		t.Fatal("refused under the budget (20 of 30) on the other instance")
+	}
+	// A turn admitted under the budget finishes over it, on the other
+	// instance; then neither admits alice, until the window ends on
+	// Redis's clock.
+	charge(two, "user:alice", 15)
+	before := redisWindowLeft(t, rc, time.Hour)
+	scope, wait := admit(one, "user:alice")
+	after := redisWindowLeft(t, rc, time.Hour)
+	if scope != tokenScopeUser || wait > before || wait < after {
+		t.Fatalf("over the budget: scope %d, wait %s; want the user's, %s..%s (the rest of Redis's window)", scope, wait, after, before)
+	}
+	if scope, _ := admit(two, "user:alice"); scope != tokenScopeUser {
+		t.Fatalf("the other instance: scope %d, want the user's", scope)
+	}
+	// Bob has his own budget; the site's is shared, and counts both.
+	if scope, _ := admit(two, "user:bob"); scope != tokenScopeNone {
+		t.Fatal("bob refused for alice's spending")
+	}
+	charge(two, "user:bob", 64) // 35 + 64 = 99: under the site's 100
+	if scope, _ := admit(one, "user:carol"); scope != tokenScopeNone {
+		t.Fatal("refused at 99 of the site's 100")
+	}
+	charge(one, "user:carol", 1)
+	for i, b := range []*redisBackend{one, two} {
+		if scope, _ := admit(b, "user:dave"); scope != tokenScopeSite {
+			t.Fatalf("instance %d at the site's budget: scope %d, want the site's", i+1, scope)
+		}
+	}
+
+	// What Redis holds: the counts, expiring with the window, and no user
+	// id in a key.
+	prefix := "chatkit:zone:" + zone + ":"
+	if got, err := rc.HGet(ctx, prefix+"tokens:site", "u").Int64(); err != nil || got != 100 {
+		t.Fatalf("site count %d, %v; want 100", got, err)
+	}
+	if ttl, err := rc.PTTL(ctx, prefix+"tokens:site").Result(); err != nil || ttl <= 0 || ttl > time.Hour {
+		t.Fatalf("PTTL %v, %v; want at most the window", ttl, err)
+	}
+	keys := redisKeys(t, rc, prefix+"tokens:user:*")
+	if len(keys) != 3 {
+		t.Fatalf("user keys %v, want alice's, bob's and carol's", keys)
+	}
+	for _, k := range keys {
+		if strings.Contains(k, "alice") || strings.Contains(k, "bob") || strings.Contains(k, "carol") {
+			t.Fatalf("a user id in a Redis key: %s", k)
+		}
+	}
+}
+
+func TestRedisTokenChargesAreAtomic(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	zone := tokenZone(t, rc)
+	backends := []*redisBackend{tokenBackend(t, redisURL, zone, "deny"), tokenBackend(t, redisURL, zone, "deny")}
+	site := &tokenLimit{tokens: 200, interval: time.Hour}
+	ctx := context.Background()
+	// 2 instances × 50 concurrent charges of 2: exactly 200, none lost.
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			errs <- backends[i%2].chargeTokens(ctx, "user:u"+strconv.Itoa(i), 2, nil, site, time.Now())
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := rc.HGet(ctx, "chatkit:zone:"+zone+":tokens:site", "u").Int64(); err != nil || got != 200 {
+		t.Fatalf("site count %d, %v; want 200", got, err)
+	}
+	for _, b := range backends {
+		if scope, _, err := b.admitTokens(ctx, "user:new", nil, site, time.Now()); err != nil || scope != tokenScopeSite {
+			t.Fatalf("at the budget: scope %d, %v", scope, err)
+		}
+	}
+}
+
+func TestRedisTokenWindowEndsOnRedisClock(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	zone := tokenZone(t, rc)
+	one, two := tokenBackend(t, redisURL, zone, "deny"), tokenBackend(t, redisURL, zone, "deny")
+	const interval = 400 * time.Millisecond
+	user := &tokenLimit{tokens: 10, interval: interval}
+	ctx := context.Background()
+	// Start early in a window, so the refusal below comes inside it.
+	if left := redisWindowLeft(t, rc, interval); left < interval*3/4 {
+		time.Sleep(left + 5*time.Millisecond)
+	}
+	if err := one.chargeTokens(ctx, "user:alice", 10, user, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	scope, wait, err := two.admitTokens(ctx, "user:alice", user, nil, time.Now())
+	if err != nil || scope != tokenScopeUser || wait <= 0 || wait > interval {
+		t.Fatalf("at the budget: scope %d, wait %s, %v; want the user's, within one window", scope, wait, err)
+	}
+	// The window both instances count in ends when Redis says.
+	time.Sleep(wait + 10*time.Millisecond)
+	if scope, _, err := one.admitTokens(ctx, "user:alice", user, nil, time.Now()); err != nil || scope != tokenScopeNone {
+		t.Fatalf("the next window: scope %d, %v; want admitted", scope, err)
+	}
+	if err := two.chargeTokens(ctx, "user:alice", 3, user, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	keys := redisKeys(t, rc, "chatkit:zone:"+zone+":tokens:user:*")
+	if len(keys) != 1 {
+		t.Fatalf("keys %v", keys)
+	}
+	if got, err := rc.HGet(ctx, keys[0], "u").Int64(); err != nil || got != 3 {
+		t.Fatalf("the new window counts %d, %v; want 3", got, err)
+	}
+}
+
+func TestRedisTokenClockBackNeverRefunds(t *testing.T) {
+	redisURL, rc := sharedRedisURL(t)
+	zone := tokenZone(t, rc)
+	b := tokenBackend(t, redisURL, zone, "deny")
+	ctx := context.Background()
+	site := &tokenLimit{tokens: 10, interval: time.Minute}
+	// The budget was spent in a window a minute ahead of Redis's clock:
+	// its clock has been stepped back since.
+	now, err := rc.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "chatkit:zone:" + zone + ":tokens:site"
+	ahead := now.UnixMicro()/time.Minute.Microseconds() + 1
+	if err := rc.HSet(ctx, key, "w", ahead, "u", 10).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if scope, _, err := b.admitTokens(ctx, "user:alice", nil, site, time.Now()); err != nil || scope != tokenScopeSite {
+		t.Fatalf("after Redis's clock went back: scope %d, %v; want the spent budget kept", scope, err)
+	}
+	if err := b.chargeTokens(ctx, "user:alice", 5, nil, site, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := rc.HMGet(ctx, key, "w", "u").Result(); err != nil || fmt.Sprint(got) != fmt.Sprintf("[%d 15]", ahead) {
+		t.Fatalf("the window ahead holds %v, %v; want it kept with 15", got, err)
+	}
+}
+
+// tokenHandler is a unit Handler with the agent and a token budget of 10 a
+// user per hour, its limits in Redis at redisURL.
+func tokenHandler(t *testing.T, fake *fakeopenai.Server, rateLimit string) *Handler {
+	t.Helper()
+	db := filepath.Join(t.TempDir(), "threads.db")
+	return unitHandler(t, fake, time.Now, `,"rate_limit":`+rateLimit+
+		`,"agent":{"model":"gpt-5-mini","store":{"path":"`+db+`"},"token_budget":{"user":{"tokens":10,"interval":"1h"}}}`)
+}
+
+func TestRedisTokenBudgetOnRedisError(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "redis://" + closed.Addr().String()
+	closed.Close()
+	fake := newFake(t)
+	ctx := context.Background()
+
+	t.Run("local", func(t *testing.T) {
+		h := tokenHandler(t, fake, `{"burst":100,"zone":"tokens-down-local","redis":"`+down+`"}`)
+		fallbacks := counterValue(t, redisFallbacks)
+		if scope, _ := h.admitTokens(ctx, "user:alice", time.Now()); scope != tokenScopeNone {
+			t.Fatalf("scope %d: the fallback refused a user who spent nothing", scope)
+		}
+		h.chargeTokens("user:alice", 10, time.Now())
+		// This instance's own ledger still limits.
+		if scope, _ := h.admitTokens(ctx, "user:alice", time.Now()); scope != tokenScopeUser {
+			t.Fatalf("scope %d: the fallback did not count what alice spent", scope)
+		}
+		if u, _ := h.agent.zone.tokens.spent("user:alice", h.agent.userBudget, nil, h.limiter.zone.clock.nanos(time.Now())); u != 10 {
+			t.Fatalf("the local ledger holds %d, want 10", u)
+		}
+		if got := counterValue(t, redisFallbacks) - fallbacks; got != 3 {
+			t.Fatalf("%v fallbacks counted, want 3 (two admissions, one charge)", got)
+		}
+	})
+	t.Run("deny", func(t *testing.T) {
+		// rate_limit off still keeps the token budgets in Redis.
+		h := tokenHandler(t, fake, `{"disabled":true,"redis":"`+down+`","on_redis_error":"deny"}`)
+		scope, wait := h.admitTokens(ctx, "user:alice", time.Now())
+		if scope != tokenScopeUnavailable || wait != redisRetryBackoff {
+			t.Fatalf("scope %d, wait %s; want unavailable for %s", scope, wait, redisRetryBackoff)
+		}
+		if a := tokenRefusals[scope].turn; a.code != "rate_limit_unavailable" || a.status != http.StatusServiceUnavailable {
+			t.Fatalf("the refusal is %+v", a)
+		}
+	})
 }
