@@ -205,7 +205,8 @@ func tokenErr(tok caddyfile.Token, err error) error {
 //	}
 //
 // `rate_limit off` with a block takes only `redis` and `on_redis_error`
-// (the budget and the revoke registry still use Redis). `workflow` is
+// (the budget, the revoke registry and the agent's token budgets still use
+// Redis). `workflow` is
 // required unless `agent` or `protect` is used. An option that can have no
 // effect is refused: with `protect` alone (no workflow), those of minted
 // sessions and of OpenAI calls (`api_key` to `project`, `start_path`,

@@ -73,13 +73,15 @@ type RateLimit struct {
 	Zone string `json:"zone,omitempty"`
 
 	// A `redis://` or `rediss://` URL (password and db in the URL;
-	// placeholders allowed) to keep the buckets, the budget and the
-	// revoke registry in, so several Caddy instances share one set of
-	// limits. Connections are opened on first use.
+	// placeholders allowed) to keep the buckets, the budget, the revoke
+	// registry and the agent's token budgets in, so several Caddy
+	// instances share one set of limits. Connections are opened on first
+	// use.
 	Redis string `json:"redis,omitempty"`
 
 	// What to do while Redis is unreachable: `local` (default) falls back to
-	// this instance's own buckets; `deny` answers 503.
+	// this instance's own buckets, budget and token counts; `deny` answers
+	// 503 (a refused turn on the agent endpoint).
 	OnRedisError string `json:"on_redis_error,omitempty"`
 }
 
