@@ -9,11 +9,15 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	pngenc "image/png"
 	"io"
 	"net"
 	"net/http"
@@ -529,6 +533,93 @@ func TestInstancesShareThreadsAndVisitors(t *testing.T) {
 	bth := bob.post(t, two, createBody("hello")).threadID(t)
 	if got := threadSummary(t, bob.post(t, one, threadBody("threads.get_by_id", bth))); got != "user=hello | assistant=You said: hello" {
 		t.Fatalf("bob's thread on the first instance: %s", got)
+	}
+	// OpenAI sees one visitor as one safety_identifier, whichever instance
+	// asked (both derive it from the same api_key): alice's two turns
+	// carry the same one, bob's another.
+	var sids []string
+	for _, r := range fake.Requests() {
+		if r.Responses != nil && r.Responses.SafetyIdentifier != nil {
+			sids = append(sids, *r.Responses.SafetyIdentifier)
+		}
+	}
+	if len(sids) != 3 || sids[0] == "" || sids[0] != sids[1] || sids[2] == sids[0] {
+		t.Fatalf("safety identifiers %q: want alice's twice, then bob's", sids)
+	}
+}
+
+func TestInstancesShareAttachments(t *testing.T) {
+	redisURL, rc := instancesRedis(t)
+	fake := newFake(t)
+	p := startInstances(t, rc, instancesBlock(fake, "rate_limit off {\n\t\t\tredis "+redisURL+"\n\t\t}", "attachments on", t))
+	one, two := p.base(0), p.base(1)
+	var png bytes.Buffer
+	img := image.NewRGBA(image.Rect(0, 0, 2, 2))
+	img.Set(1, 1, color.RGBA{R: 255, A: 255})
+	if err := pngenc.Encode(&png, img); err != nil {
+		t.Fatal(err)
+	}
+
+	// Created on one instance, uploaded through the other (the links are
+	// signed with a key both derive from the api_key), previewed on the
+	// first, sent with a message on the second.
+	alice := &visitor{}
+	created := alice.post(t, one, `{"type":"attachments.create","params":{"name":"dot.png","size":`+strconv.Itoa(png.Len())+`,"mime_type":"image/png"}}`)
+	var att struct {
+		ID         string `json:"id"`
+		UploadURL  string `json:"upload_url"`
+		PreviewURL string `json:"preview_url"`
+	}
+	if created.status != http.StatusOK || json.Unmarshal([]byte(created.body), &att) != nil || att.UploadURL == "" {
+		t.Fatalf("attachments.create: %d %s", created.status, created.body)
+	}
+	onInstance := func(link, base string) string {
+		t.Helper()
+		for _, b := range []string{one, two} {
+			if rest, ok := strings.CutPrefix(link, b); ok {
+				return base + rest
+			}
+		}
+		t.Fatalf("link %q is on neither instance", link)
+		return ""
+	}
+	req, err := http.NewRequest("PUT", onInstance(att.UploadURL, two), bytes.NewReader(png.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "image/png")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload through the other instance: %d %s", resp.StatusCode, body)
+	}
+	resp, err = http.Get(onInstance(att.PreviewURL, one))
+	if err != nil {
+		t.Fatal(err)
+	}
+	preview, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(preview, png.Bytes()) {
+		t.Fatalf("preview on the first instance: %d, %d bytes (want the %d uploaded)", resp.StatusCode, len(preview), png.Len())
+	}
+	withFile := `{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"look"}],"attachments":["` + att.ID + `"],"inference_options":{}}}}`
+	if !alice.post(t, two, withFile).answered(t) {
+		t.Fatal("a turn with the attachment refused on the other instance")
+	}
+	sent := false
+	if last := fake.LastResponses(); last != nil {
+		for _, in := range last.Input {
+			for _, c := range in.Content {
+				sent = sent || (c.Type == "input_image" && strings.HasPrefix(c.ImageURL, "data:image/png;base64,"))
+			}
+		}
+	}
+	if !sent {
+		t.Fatal("the model did not get the image uploaded through the other instance")
 	}
 }
 
