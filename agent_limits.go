@@ -137,7 +137,8 @@ func (h *Handler) admitTokens(ctx context.Context, owner string, now time.Time) 
 
 // chargeTokens counts what a call cost where admitTokens looks: in Redis
 // when it answers, else in this instance's ledger (the one the fallback
-// admits by).
+// admits by), so what is spent while Redis is away counts on this
+// instance only.
 func (h *Handler) chargeTokens(owner string, tokens int64, now time.Time) {
 	a := h.agent
 	if tokens <= 0 || (a.userBudget == nil && a.siteBudget == nil) {
