@@ -101,10 +101,11 @@ func sharedStoreLine(t *testing.T) string {
 // instancePair is two Caddy processes with one Caddyfile but for their
 // addresses (and storage, logs and admin endpoint, which stay their own).
 type instancePair struct {
-	t     *testing.T
-	port  int
-	block string // the chatkit directive, the same on both
-	inst  [2]*instance
+	t       *testing.T
+	port    int
+	block   string // the chatkit directive, the same on both
+	storage string // Caddy's storage directory, if the two share one
+	inst    [2]*instance
 }
 
 type instance struct {
@@ -121,7 +122,14 @@ type instance struct {
 // deleted after the test.
 func startInstances(t *testing.T, rc *redis.Client, block string) *instancePair {
 	t.Helper()
-	p := &instancePair{t: t, port: sharedFreePort(t, instanceAddr1, instanceAddr2), block: block}
+	return startInstancesStorage(t, rc, block, "")
+}
+
+// startInstancesStorage is startInstances with one Caddy storage directory
+// for both when storage is not "".
+func startInstancesStorage(t *testing.T, rc *redis.Client, block, storage string) *instancePair {
+	t.Helper()
+	p := &instancePair{t: t, port: sharedFreePort(t, instanceAddr1, instanceAddr2), block: block, storage: storage}
 	for i, addr := range []string{instanceAddr1, instanceAddr2} {
 		// The admin endpoint on 127.0.0.1, whose Host Caddy's admin accepts.
 		in := &instance{addr: addr, admin: "127.0.0.1:" + strconv.Itoa(freePort(t)), dir: t.TempDir()}
@@ -148,6 +156,10 @@ func startInstances(t *testing.T, rc *redis.Client, block string) *instancePair 
 // caddyfile is one instance's config; version is what the catch-all
 // route answers, so a test can tell when a reload has taken effect.
 func (p *instancePair) caddyfile(in *instance, version string) string {
+	storage := p.storage
+	if storage == "" {
+		storage = filepath.Join(in.dir, "storage")
+	}
 	return fmt.Sprintf(`{
 	admin %s
 	persist_config off
@@ -164,7 +176,7 @@ http://:%d {
 	%s
 	respond "instance %s" 200
 }
-`, in.admin, filepath.Join(in.dir, "storage"), filepath.Join(in.dir, "caddy.log"), p.port, in.addr, p.block, version)
+`, in.admin, storage, filepath.Join(in.dir, "caddy.log"), p.port, in.addr, p.block, version)
 }
 
 func (p *instancePair) base(i int) string {
@@ -545,6 +557,46 @@ func TestInstancesShareThreadsAndVisitors(t *testing.T) {
 	}
 	if len(sids) != 3 || sids[0] == "" || sids[0] != sids[1] || sids[2] == sids[0] {
 		t.Fatalf("safety identifiers %q: want alice's twice, then bob's", sids)
+	}
+}
+
+// TestInstancesVisitorsWithoutCookieSecret: without cookie_secret each
+// instance signs with the key in its Caddy storage. Instances sharing one
+// storage share the key it creates (under the storage's lock); with a
+// storage each, the other instance takes the visitor for a new one.
+func TestInstancesVisitorsWithoutCookieSecret(t *testing.T) {
+	redisURL, rc := instancesRedis(t)
+	for _, tc := range []struct {
+		name    string
+		storage string
+		same    bool
+	}{
+		{"shared storage", t.TempDir(), true},
+		{"a storage each", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := newFake(t)
+			block := strings.Replace(instancesBlock(fake, "rate_limit off {\n\t\t\tredis "+redisURL+"\n\t\t}", "", t),
+				"cookie_secret "+instanceCookieSecret, "", 1)
+			p := startInstancesStorage(t, rc, block, tc.storage)
+			// Both instances make their key at once, on their first
+			// visitors.
+			var wg sync.WaitGroup
+			for i := range 2 {
+				wg.Go(func() { (&visitor{}).post(t, p.base(i), `{"type":"threads.list","params":{}}`) })
+			}
+			wg.Wait()
+			alice := &visitor{}
+			th := alice.post(t, p.base(0), createBody("hi")).threadID(t)
+			minted := alice.cookie
+			r := alice.post(t, p.base(1), threadBody("threads.get_by_id", th))
+			if tc.same && (r.status != http.StatusOK || alice.cookie != minted) {
+				t.Fatalf("with one storage the other instance did not know the visitor: %d %s", r.status, r.body)
+			}
+			if !tc.same && (r.status != http.StatusNotFound || alice.cookie == minted) {
+				t.Fatalf("with a storage each the other instance accepted the cookie: %d %s", r.status, r.body)
+			}
+		})
 	}
 }
 
