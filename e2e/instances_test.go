@@ -1,11 +1,12 @@
 package e2e
 
-// Two Caddy processes (the built ./cmd/caddy binary), one store and one
-// Redis: what a site behind a load balancer runs. No browser: the two
-// processes are driven over HTTP, the way a balancer alternates a
-// visitor's requests between them. The instances listen on the same port
-// on two loopback addresses, so their site blocks (and so their default
-// rate-limit zones) are the same, as with one Caddyfile on two machines.
+// Two Caddy processes (the built ./cmd/caddy binary), one PostgreSQL
+// database and one Redis: what a site behind a load balancer runs. No
+// browser: the two processes are driven over HTTP, the way a balancer
+// alternates a visitor's requests between them. The instances listen on
+// the same port on two loopback addresses, so their site blocks (and so
+// their default rate-limit zones) are the same, as with one Caddyfile on
+// two machines.
 
 import (
 	"bufio"
@@ -30,9 +31,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
+	"github.com/caddy-chatkit/caddy-chatkit/internal/pgtest"
 )
 
 const (
@@ -91,12 +94,15 @@ func instancesRedis(t *testing.T) (string, *redis.Client) {
 	return u, c
 }
 
-// sharedStoreLine is the agent's `store` line both instances use: one
-// SQLite file in WAL mode, which two processes on one machine share.
+// sharedStoreLine is the agent's `store` line both instances use: a fresh
+// database on the test PostgreSQL server, dropped after the test (after
+// the instances have stopped: its cleanup runs last).
 func sharedStoreLine(t *testing.T) string {
 	t.Helper()
-	return "store sqlite " + filepath.Join(t.TempDir(), "threads.db")
+	return storeLine(pgtest.FreshDatabase(t, ""))
 }
+
+func storeLine(dsn string) string { return "store postgres " + dsn }
 
 // instancePair is two Caddy processes with one Caddyfile but for their
 // addresses (and storage, logs and admin endpoint, which stay their own).
@@ -484,6 +490,11 @@ func threadSummary(t *testing.T, a agentAnswer) string {
 
 // instancesBlock is the chatkit directive both instances run.
 func instancesBlock(fake *fakeopenai.Server, limits, agentExtra string, t *testing.T) string {
+	return instancesBlockStore(fake, limits, agentExtra, sharedStoreLine(t))
+}
+
+// instancesBlockStore is instancesBlock with the given store line.
+func instancesBlockStore(fake *fakeopenai.Server, limits, agentExtra, store string) string {
 	return fmt.Sprintf(`chatkit {
 		api_base %s
 		api_key %s
@@ -494,7 +505,7 @@ func instancesBlock(fake *fakeopenai.Server, limits, agentExtra string, t *testi
 			%s
 			%s
 		}
-	}`, fake.URL(), fakeopenai.DefaultAPIKey, instanceCookieSecret, limits, sharedStoreLine(t), agentExtra)
+	}`, fake.URL(), fakeopenai.DefaultAPIKey, instanceCookieSecret, limits, store, agentExtra)
 }
 
 // ---- the tests --------------------------------------------------------------
@@ -804,7 +815,8 @@ func TestInstancesShareTokenBudgets(t *testing.T) {
 func TestInstancesReloadAndRestartKeepTheOthersStreams(t *testing.T) {
 	redisURL, rc := instancesRedis(t)
 	fake := newFake(t)
-	p := startInstances(t, rc, instancesBlock(fake, "rate_limit off {\n\t\t\tredis "+redisURL+"\n\t\t}", "", t))
+	dsn := pgtest.FreshDatabase(t, "")
+	p := startInstances(t, rc, instancesBlockStore(fake, "rate_limit off {\n\t\t\tredis "+redisURL+"\n\t\t}", "", storeLine(dsn)))
 	one, two := p.base(0), p.base(1)
 
 	// A slow answer on the second instance: 24 words, 300 ms apart.
@@ -893,6 +905,20 @@ func TestInstancesReloadAndRestartKeepTheOthersStreams(t *testing.T) {
 	}
 	if s := threadSummary(t, alice.post(t, one, threadBody("threads.get_by_id", th))); s != "user=tell me slowly | assistant="+text+" | user=and now? | assistant=You said: and now?" {
 		t.Fatalf("the thread after the restart: %s", s)
+	}
+	// Every item is in the database, once.
+	ctx = context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var items, distinct int
+	if err := conn.QueryRow(ctx, "SELECT count(*), count(DISTINCT id) FROM chatkit.items WHERE thread_id = $1", th).Scan(&items, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if items != 4 || distinct != 4 {
+		t.Fatalf("%d items (%d distinct) in PostgreSQL, want the 4 of the thread", items, distinct)
 	}
 }
 
