@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
+	"github.com/caddy-chatkit/caddy-chatkit/internal/testcaddy"
 )
 
 // agentBinarySite runs the built Caddy (./cmd/caddy) as its own process on
@@ -57,7 +58,7 @@ http://localhost:9082 {
 // start runs the binary and waits until it answers.
 func (s *agentBinarySite) start() {
 	s.t.Helper()
-	s.cmd = exec.Command(caddyBinary(s.t), "run", "--config", s.config, "--adapter", "caddyfile")
+	s.cmd = exec.Command(testcaddy.Binary(s.t), "run", "--config", s.config, "--adapter", "caddyfile")
 	s.cmd.Env = append(os.Environ(), "HOME="+s.dir, "XDG_DATA_HOME="+s.dir, "XDG_CONFIG_HOME="+s.dir)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

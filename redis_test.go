@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
+	"github.com/caddy-chatkit/caddy-chatkit/internal/testcaddy"
 )
 
 // redisServer is a real redis-server on a free loopback port, owned by one
@@ -135,34 +136,6 @@ func (s *redisServer) keys(t *testing.T, pattern string) []string {
 	return keys
 }
 
-var (
-	caddyBinaryOnce sync.Once
-	caddyBinaryPath string
-	caddyBinaryErr  error
-)
-
-// caddyBinary builds this repository's Caddy once per test run, for tests
-// that need a second, separate Caddy process.
-func caddyBinary(t *testing.T) string {
-	t.Helper()
-	caddyBinaryOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "chatkit-caddy-")
-		if err != nil {
-			caddyBinaryErr = err
-			return
-		}
-		caddyBinaryPath = filepath.Join(dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", caddyBinaryPath, "./cmd/caddy").CombinedOutput()
-		if err != nil {
-			caddyBinaryErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
-		}
-	})
-	if caddyBinaryErr != nil {
-		t.Fatal(caddyBinaryErr)
-	}
-	return caddyBinaryPath
-}
-
 // startSecondCaddy runs a separate Caddy process on port 9081 with the same
 // chatkit block as the in-process one.
 func startSecondCaddy(t *testing.T, chatkitBlock string) {
@@ -186,7 +159,7 @@ http://localhost:9081 {
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(caddyBinary(t), "run", "--config", path, "--adapter", "caddyfile")
+	cmd := exec.Command(testcaddy.Binary(t), "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

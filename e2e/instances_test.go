@@ -36,6 +36,7 @@ import (
 
 	"github.com/caddy-chatkit/caddy-chatkit/internal/fakeopenai"
 	"github.com/caddy-chatkit/caddy-chatkit/internal/pgtest"
+	"github.com/caddy-chatkit/caddy-chatkit/internal/testcaddy"
 )
 
 const (
@@ -47,33 +48,6 @@ const (
 	agentEndpoint        = "/api/chatkit"
 	startWait            = 30 * time.Second
 )
-
-var (
-	caddyBinOnce sync.Once
-	caddyBinPath string
-	caddyBinErr  error
-)
-
-// caddyBinary builds this repository's Caddy once per test run.
-func caddyBinary(t *testing.T) string {
-	t.Helper()
-	caddyBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "chatkit-e2e-caddy-")
-		if err != nil {
-			caddyBinErr = err
-			return
-		}
-		caddyBinPath = filepath.Join(dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", caddyBinPath, "github.com/caddy-chatkit/caddy-chatkit/cmd/caddy").CombinedOutput()
-		if err != nil {
-			caddyBinErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
-		}
-	})
-	if caddyBinErr != nil {
-		t.Fatal(caddyBinErr)
-	}
-	return caddyBinPath
-}
 
 // instancesRedis is the test script's Redis (CHATKIT_TEST_REDIS_URL).
 func instancesRedis(t *testing.T) (string, *redis.Client) {
@@ -194,7 +168,7 @@ func (p *instancePair) start(i int) {
 	t := p.t
 	t.Helper()
 	in := p.inst[i]
-	cmd := exec.Command(caddyBinary(t), "run", "--config", in.config, "--adapter", "caddyfile")
+	cmd := exec.Command(testcaddy.Binary(t), "run", "--config", in.config, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+in.dir, "XDG_DATA_HOME="+in.dir, "XDG_CONFIG_HOME="+in.dir)
 	out, err := os.OpenFile(filepath.Join(in.dir, "stderr.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
