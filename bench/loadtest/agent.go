@@ -27,7 +27,10 @@ const (
 // measure the streaming, not the limiter. The reads keep the default
 // limits, and with them the agent's per-client read bucket: the client
 // address comes from X-Forwarded-For (trusted_proxies), as behind a CDN.
-func (s *servers) agentCaddyfile(dbPath string, limits bool) string {
+//
+// agentLines are more lines for the agent block (the soak's reloads vary
+// one).
+func (s *servers) agentCaddyfile(store *benchStore, limits bool, agentLines ...string) string {
 	rateLimit := "\t\trate_limit off\n"
 	if limits {
 		rateLimit = ""
@@ -41,13 +44,13 @@ http://127.0.0.1:%d {
 		user {http.request.header.%s}
 %s		agent {
 			model %s
-			store sqlite %s
-		}
+			%s
+%s		}
 	}
 
 	respond "bench site" 200
 }
-`, s.globalOptions(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, rateLimit, agentModel, dbPath)
+`, s.globalOptions(), s.sitePort, apiKey, s.fakeURL(), benchUserHd, rateLimit, agentModel, store.directive(), indentLines(agentLines, "\t\t\t"))
 }
 
 // streamProxyCaddyfile is Caddy's own reverse_proxy in front of the fake's
@@ -70,9 +73,18 @@ http://127.0.0.1:%d {
 `, s.globalOptions(), s.sitePort, s.fakeURL())
 }
 
-// startAgentCaddy runs Caddy with the agent on a database.
-func (s *servers) startAgentCaddy(dbPath string, limits bool) (*proc, error) {
-	return s.startCaddy(s.agentCaddyfile(dbPath, limits))
+// startAgentCaddy runs Caddy with the agent on a store.
+func (s *servers) startAgentCaddy(store *benchStore, limits bool) (*proc, error) {
+	return s.startCaddy(s.agentCaddyfile(store, limits))
+}
+
+// indentLines is each line on its own line after indent.
+func indentLines(lines []string, indent string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString(indent + l + "\n")
+	}
+	return b.String()
 }
 
 // agentRequest builds one ChatKit request for user.
@@ -99,8 +111,7 @@ func userInput(text string) map[string]any {
 // freshDB is a database path in the work directory that does not exist
 // yet (with its -wal and -shm companions).
 func (s *servers) freshDB(name string) string {
-	s.seq++
-	p := filepath.Join(s.work, fmt.Sprintf("%s-%03d.db", name, s.seq))
+	p := filepath.Join(s.work, fmt.Sprintf("%s-%03d.db", name, s.next()))
 	for _, suffix := range []string{"", "-wal", "-shm"} {
 		_ = os.Remove(p + suffix)
 	}

@@ -29,17 +29,16 @@ import (
 // Caddy's CPU per request is net of what it uses idle.
 func runAgentReads(s *servers) error {
 	o := s.opts
+	set := readSet{o.readsOwners, o.readsThreads, o.readsItems}
 	db := o.readsDB
 	if db == "" {
 		db = s.freshDB("reads")
 	}
+	store := &benchStore{kind: storeSQLite, path: db}
 	if _, err := os.Stat(db); err != nil {
-		fmt.Printf("filling %s: %d owners × %d threads × %d items…\n", db, o.readsOwners, o.readsThreads, o.readsItems)
-		took, err := seedReads(db, o.readsOwners, o.readsThreads, o.readsItems)
-		if err != nil {
+		if err := fillStore(store, set); err != nil {
 			return err
 		}
-		fmt.Printf("filled %d threads and %d items in %s\n", o.readsOwners*o.readsThreads, o.readsOwners*o.readsThreads*o.readsItems, took.Round(time.Millisecond))
 	} else {
 		fmt.Printf("reusing %s\n", db)
 	}
@@ -52,17 +51,17 @@ func runAgentReads(s *servers) error {
 		return err
 	}
 	defer fake.stop()
-	caddy, err := s.startAgentCaddy(db, true)
+	caddy, err := s.startAgentCaddy(store, true)
 	if err != nil {
 		return err
 	}
 	defer caddy.stop()
 	url := s.siteURL() + agentPath
-	if err := checkReads(url, o); err != nil {
+	if err := checkReads(url, set); err != nil {
 		return err
 	}
 
-	ts := readTargets(url, o)
+	ts := readTargets(url, set)
 	// Caddy's own CPU with nothing to do, taken off the per-request figure.
 	c0 := cpuTime(caddy.pid())
 	time.Sleep(3 * time.Second)
@@ -248,7 +247,7 @@ func openLoop(clients []*vclient, t *target, rate int, warmup, dur time.Duration
 // readTargets: threads.list as the demo page asks (20, newest first), as
 // the web component asks (limit 9999, clamped by the module), and
 // threads.get_by_id of a random thread of the client's user.
-func readTargets(url string, o *options) map[string]*target {
+func readTargets(url string, set readSet) map[string]*target {
 	withAddr := func(c *vclient, req *http.Request) *http.Request {
 		req.Header["X-Forwarded-For"] = []string{c.ip}
 		return req
@@ -258,12 +257,12 @@ func readTargets(url string, o *options) map[string]*target {
 			return withAddr(c, agentRequest(url, c.user, "threads.list", map[string]any{"limit": limit, "order": "desc"}))
 		}
 	}
-	owners := make(map[string]int, o.readsOwners)
-	for i := range o.readsOwners {
+	owners := make(map[string]int, set.owners)
+	for i := range set.owners {
 		owners[readOwner(i)] = i
 	}
 	get := func(c *vclient) *http.Request {
-		th := readThreadID(owners[c.user], rand.IntN(o.readsThreads))
+		th := readThreadID(owners[c.user], rand.IntN(set.threads))
 		return withAddr(c, agentRequest(url, c.user, "threads.get_by_id", map[string]any{"thread_id": th}))
 	}
 	return map[string]*target{
@@ -276,7 +275,7 @@ func readTargets(url string, o *options) map[string]*target {
 // checkReads shows that Caddy sees the seeded threads as the users' own:
 // the first user lists all of theirs and opens one with all its items, and
 // the second cannot open the first's.
-func checkReads(url string, o *options) error {
+func checkReads(url string, set readSet) error {
 	hc := &http.Client{Timeout: 30 * time.Second}
 	call := func(user, typ string, params any, into any) (int, error) {
 		resp, err := hc.Do(agentRequest(url, user, typ, params))
@@ -301,14 +300,14 @@ func checkReads(url string, o *options) error {
 		} `json:"data"`
 		HasMore bool `json:"has_more"`
 	}
-	limit := min(o.readsThreads, threadstore.MaxPageLimit)
+	limit := min(set.threads, threadstore.MaxPageLimit)
 	status, err := call(readOwner(0), "threads.list", map[string]any{"limit": limit, "order": "desc"}, &list)
 	if err != nil {
 		return err
 	}
-	if status != http.StatusOK || len(list.Data) != limit || list.Data[0].ID != readThreadID(0, o.readsThreads-1) {
+	if status != http.StatusOK || len(list.Data) != limit || list.Data[0].ID != readThreadID(0, set.threads-1) {
 		return fmt.Errorf("threads.list for %s: status %d, %d threads (want %d, newest %s first): the seeded owner ids are not the ones the module derives from user {http.request.header.%s}",
-			readOwner(0), status, len(list.Data), limit, readThreadID(0, o.readsThreads-1), benchUserHd)
+			readOwner(0), status, len(list.Data), limit, readThreadID(0, set.threads-1), benchUserHd)
 	}
 	var thread struct {
 		ID    string `json:"id"`
@@ -319,10 +318,10 @@ func checkReads(url string, o *options) error {
 	if status, err = call(readOwner(0), "threads.get_by_id", map[string]any{"thread_id": readThreadID(0, 0)}, &thread); err != nil {
 		return err
 	}
-	if want := min(o.readsItems, 20); status != http.StatusOK || thread.ID != readThreadID(0, 0) || len(thread.Items.Data) != want {
+	if want := min(set.items, 20); status != http.StatusOK || thread.ID != readThreadID(0, 0) || len(thread.Items.Data) != want {
 		return fmt.Errorf("threads.get_by_id %s: status %d, id %q, %d items (want %d)", readThreadID(0, 0), status, thread.ID, len(thread.Items.Data), want)
 	}
-	if o.readsOwners > 1 {
+	if set.owners > 1 {
 		if status, err = call(readOwner(1), "threads.get_by_id", map[string]any{"thread_id": readThreadID(0, 0)}, nil); err != nil {
 			return err
 		}
@@ -347,13 +346,27 @@ func readThreadID(o, th int) string {
 	return fmt.Sprintf("thr_%016x", x)
 }
 
-// seedReads fills a new database through the store's API: each owner's
-// threads created one after another, each with items alternating a user
-// message and an assistant answer, in the JSON the agent stores.
-func seedReads(path string, owners, threads, items int) (time.Duration, error) {
+// readSet is the shape of a filled store: owners × threads × items.
+type readSet struct{ owners, threads, items int }
+
+// fillStore fills an empty store with set, saying so.
+func fillStore(store *benchStore, set readSet) error {
+	fmt.Printf("filling %s: %d owners × %d threads × %d items…\n", store, set.owners, set.threads, set.items)
+	took, err := seedReads(store, set.owners, set.threads, set.items)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("filled %d threads and %d items in %s\n", set.owners*set.threads, set.owners*set.threads*set.items, took.Round(time.Millisecond))
+	return nil
+}
+
+// seedReads fills an empty store through its API: each owner's threads
+// created one after another, each with items alternating a user message
+// and an assistant answer, in the JSON the agent stores.
+func seedReads(store *benchStore, owners, threads, items int) (time.Duration, error) {
 	start := time.Now()
 	ctx := context.Background()
-	st, err := threadstore.OpenSQLite(ctx, path, threadstore.SQLiteOptions{})
+	st, err := store.open(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -97,6 +97,11 @@ type options struct {
 	readsRate    string
 
 	agentProfile int
+
+	agentStore      string
+	postgresURL     string
+	postgresBin     string
+	streamReadsRate int
 }
 
 const (
@@ -162,6 +167,11 @@ func main() {
 	flag.IntVar(&o.readsItems, "reads-items", 20, "agent reads: items per thread")
 	flag.IntVar(&o.agentProfile, "agent-profile", 0, "agent modes: seconds of CPU profile of Caddy (streams: with every stream of the largest count open, plus a heap profile; reads: during each request type at the highest rate), in the first round")
 	flag.StringVar(&o.readsRate, "reads-rate", "100,1000", "agent reads: comma-separated request rates (per second, open loop, 2 a second per client)")
+	flag.StringVar(&o.agentStore, "agent-store", "sqlite", "agent streams: comma-separated thread stores to measure (a) on: sqlite, postgres; agent soak: the one store both instances share")
+	flag.StringVar(&o.postgresURL, "postgres-url", os.Getenv(pgURLEnv), "PostgreSQL server for the postgres store (the harness creates and drops databases of its own on it; default $"+pgURLEnv+", else a throwaway cluster in the work directory)")
+	flag.StringVar(&o.postgresBin, "postgres-bin", "/usr/lib/postgresql/15/bin", "directory of initdb and pg_ctl, for the throwaway cluster")
+	flag.IntVar(&o.streamReadsRate, "stream-reads-rate", 20, "agent streams: threads.list and threads.get_by_id requests a second (in turn, open loop) on a filled set of threads while the streams of (a) are open (0: none)")
+
 	flag.Parse()
 
 	if o.fakeCPUs == "" {
@@ -313,7 +323,7 @@ func printMachine(o *options) {
 }
 
 func newServers(o *options) (*servers, error) {
-	s := &servers{opts: o, work: o.work}
+	s := &servers{opts: o, work: o.work, seq: new(int)}
 	for _, p := range []*int{&s.fakePort, &s.sitePort, &s.adminPort} {
 		port, err := freePort()
 		if err != nil {

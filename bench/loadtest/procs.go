@@ -35,6 +35,8 @@ type proc struct {
 var (
 	procsMu sync.Mutex
 	procs   = map[*proc]bool{}
+	// stoppers run after the processes stop (atStop).
+	stoppers []func()
 )
 
 // startProc runs argv pinned to cpus (a taskset list, "" for no pinning)
@@ -106,15 +108,28 @@ func (p *proc) stop() {
 	}
 }
 
+// atStop registers f to run once by stopAll, after the processes are
+// stopped (the PostgreSQL cluster, which outlives every Caddy).
+func atStop(f func()) {
+	procsMu.Lock()
+	stoppers = append(stoppers, f)
+	procsMu.Unlock()
+}
+
 func stopAll() {
 	procsMu.Lock()
 	list := make([]*proc, 0, len(procs))
 	for p := range procs {
 		list = append(list, p)
 	}
+	after := stoppers
+	stoppers = nil
 	procsMu.Unlock()
 	for _, p := range list {
 		p.stop()
+	}
+	for _, f := range after {
+		f()
 	}
 }
 
@@ -287,11 +302,21 @@ type servers struct {
 	fakePort  int
 	sitePort  int
 	adminPort int
-	seq       int
+	// seq numbers the files of the run; shared by copies of servers that
+	// differ in their ports (the soak's second Caddy).
+	seq *int
+	// pg is the run's PostgreSQL server, once a store needed it.
+	pg *pgServer
 	// streamFake is the fake of the agent streams run (its CPU is ours).
 	streamFake *proc
 	// fakeTLS, when set, makes the fakes serve HTTPS and Caddy trust them.
 	fakeTLS *fakeTLS
+}
+
+// next is the next number for a file of the run.
+func (s *servers) next() int {
+	*s.seq++
+	return *s.seq
 }
 
 func (s *servers) fakeURL() string {
@@ -314,13 +339,13 @@ func (s *servers) adminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", 
 
 // startFake runs the fake upstream with extra fakeserver flags.
 func (s *servers) startFake(extra ...string) (*proc, error) {
-	s.seq++
+	seq := s.next()
 	argv := append([]string{s.opts.fakeBin, "-listen", fmt.Sprintf("127.0.0.1:%d", s.fakePort)}, extra...)
 	if s.fakeTLS != nil {
 		argv = append(argv, "-tls-cert", s.fakeTLS.certFile, "-tls-key", s.fakeTLS.keyFile)
 	}
 	p, err := startProc("fakeserver", argv,
-		s.opts.fakeCPUs, 1, nil, filepath.Join(s.work, fmt.Sprintf("fake-%03d.log", s.seq)), nil)
+		s.opts.fakeCPUs, 1, nil, filepath.Join(s.work, fmt.Sprintf("fake-%03d.log", seq)), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -346,8 +371,8 @@ func (s *servers) startStack(conf caddyConf) (fake, caddy *proc, err error) {
 }
 
 func (s *servers) startCaddy(caddyfile string) (*proc, error) {
-	s.seq++
-	cfg := filepath.Join(s.work, fmt.Sprintf("Caddyfile-%03d", s.seq))
+	seq := s.next()
+	cfg := filepath.Join(s.work, fmt.Sprintf("Caddyfile-%03d", seq))
 	if err := os.WriteFile(cfg, []byte(caddyfile), 0o644); err != nil {
 		return nil, err
 	}
@@ -361,7 +386,7 @@ func (s *servers) startCaddy(caddyfile string) (*proc, error) {
 		env = append(env, "SSL_CERT_FILE="+s.fakeTLS.certFile)
 	}
 	p, err := startProc("caddy", []string{s.opts.caddyBin, "run", "--config", cfg, "--adapter", "caddyfile"},
-		s.opts.serverCPUs, s.opts.serverProcs, env, filepath.Join(s.work, fmt.Sprintf("caddy-%03d.log", s.seq)), nil)
+		s.opts.serverCPUs, s.opts.serverProcs, env, filepath.Join(s.work, fmt.Sprintf("caddy-%03d.log", seq)), nil)
 	if err != nil {
 		return nil, err
 	}
