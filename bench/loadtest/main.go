@@ -102,6 +102,13 @@ type options struct {
 	postgresURL     string
 	postgresBin     string
 	streamReadsRate int
+
+	agentSoak       bool
+	agentSoakD      time.Duration
+	agentSoakRate   int
+	agentSoakReload time.Duration
+	agentSoakKillAt time.Duration
+	agentSoakWords  int
 }
 
 const (
@@ -172,11 +179,17 @@ func main() {
 	flag.StringVar(&o.postgresBin, "postgres-bin", "/usr/lib/postgresql/15/bin", "directory of initdb and pg_ctl, for the throwaway cluster")
 	flag.IntVar(&o.streamReadsRate, "stream-reads-rate", 20, "agent streams: threads.list and threads.get_by_id requests a second (in turn, open loop) on a filled set of threads while the streams of (a) are open (0: none)")
 
+	flag.BoolVar(&o.agentSoak, "agent-soak", false, "agent soak mode: add-message turns at a steady rate over two Caddy instances sharing one store, a reload every -agent-soak-reload, one kill and restart; every acknowledged item is then looked for in the database")
+	flag.DurationVar(&o.agentSoakD, "agent-soak-d", 10*time.Minute, "agent soak: duration")
+	flag.IntVar(&o.agentSoakRate, "agent-soak-rate", 20, "agent soak: turns a second over both instances (open loop)")
+	flag.DurationVar(&o.agentSoakReload, "agent-soak-reload", time.Minute, "agent soak: interval between config reloads, on alternating instances")
+	flag.DurationVar(&o.agentSoakKillAt, "agent-soak-restart-at", 0, "agent soak: when to kill (SIGKILL) the second instance and start it again (default: half-way plus half a reload interval, between two reloads; negative: never)")
+	flag.IntVar(&o.agentSoakWords, "agent-soak-words", 8, "agent soak: words in each message, so text deltas in each answer (plus 2)")
 	flag.Parse()
 
 	if o.fakeCPUs == "" {
 		o.fakeCPUs = o.serverCPUs
-		if o.agentStreams {
+		if o.agentStreams || o.agentSoak {
 			// The fake streams as much as Caddy does: on Caddy's core it would
 			// take Caddy's time; beside the load generator it weighs on (d)
 			// and (a) alike.
@@ -238,6 +251,8 @@ func run(o *options) error {
 		return runAgentStreams(s)
 	case o.agentReads:
 		return runAgentReads(s)
+	case o.agentSoak:
+		return runAgentSoak(s)
 	default:
 		return runCompare(s)
 	}

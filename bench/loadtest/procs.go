@@ -116,6 +116,15 @@ func atStop(f func()) {
 	procsMu.Unlock()
 }
 
+// kill ends the process at once (SIGKILL, as a crash) and waits for it.
+func (p *proc) kill() {
+	procsMu.Lock()
+	delete(procs, p)
+	procsMu.Unlock()
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
 func stopAll() {
 	procsMu.Lock()
 	list := make([]*proc, 0, len(procs))
