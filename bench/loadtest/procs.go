@@ -192,6 +192,43 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(u+st) * time.Second / clockTicks
 }
 
+// statFields are the fields of /proc/<pid>/stat after the command name
+// (f[0] is field 3, the state), nil when pid is gone.
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
+}
+
+// parentPID is pid's parent, 0 when pid is gone.
+func parentPID(pid int) int {
+	f := statFields(pid)
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// reapedCPU is the user+system CPU time of pid's children that have ended
+// and been waited for (cutime, cstime).
+func reapedCPU(pid int) time.Duration {
+	f := statFields(pid)
+	if len(f) < 15 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[13], 10, 64)
+	st, _ := strconv.ParseInt(f[14], 10, 64)
+	return time.Duration(u+st) * time.Second / clockTicks
+}
+
 // selfCPU is the harness's own CPU time (all threads).
 func selfCPU() time.Duration {
 	var ru syscall.Rusage

@@ -298,3 +298,34 @@ func (p *pgServer) stop() {
 		}
 	}
 }
+
+// cpu is the CPU time the throwaway cluster has used so far: the
+// postmaster with its reaped children (cutime, cstime) plus its live
+// ones (the backends and the background processes). Zero for a server
+// the harness did not start, whose CPU it cannot see.
+func (p *pgServer) cpu() time.Duration {
+	if p == nil || p.data == "" {
+		return 0
+	}
+	b, err := os.ReadFile(filepath.Join(p.data, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pm, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0
+	}
+	total := cpuTime(pm) + reapedCPU(pm)
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == pm {
+			continue
+		}
+		if parentPID(pid) == pm {
+			total += cpuTime(pid)
+		}
+	}
+	return total
+}
