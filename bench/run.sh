@@ -8,9 +8,13 @@
 #	bash bench/run.sh -stalled        # 800 stalled bodies on a protected path, Caddy's RSS
 #	bash bench/run.sh -agent-streams  # the agent: 10 and 1,000 open streams (delay per event, memory per stream)
 #	bash bench/run.sh -agent-reads    # the agent: threads.list and get_by_id on 10,000 threads, 200,000 items
+#	bash bench/run.sh -agent-streams -agent-store sqlite,postgres   # the streams on SQLite and on PostgreSQL
+#	bash bench/run.sh -agent-soak     # the agent: 10 min, two instances, a reload a minute, a kill; no lost items
 #	bash bench/run.sh -h              # every flag
 #
-# Needs Go >= 1.26 and taskset (util-linux). Everything runs on 127.0.0.1.
+# Needs Go >= 1.26 and taskset (util-linux). Everything runs on 127.0.0.1. The postgres store
+# uses -postgres-url (or $CHATKIT_BENCH_POSTGRES_URL), else a throwaway cluster made with the
+# PostgreSQL binaries of -postgres-bin (default /usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v taskset >/dev/null; then

@@ -9,6 +9,8 @@
 //	go run ./bench/loadtest -stalled        # 800 stalled bodies on a protected path, RSS
 //	go run ./bench/loadtest -agent-streams  # the agent: 10 and 1,000 open streams (delay, memory)
 //	go run ./bench/loadtest -agent-reads    # the agent: threads.list/get_by_id on 10,000 threads
+//	go run ./bench/loadtest -agent-streams -agent-store sqlite,postgres   # the streams on each store
+//	go run ./bench/loadtest -agent-soak     # the agent: 10 min over two instances, reloads, a kill; no lost items
 //
 // (or `bash bench/run.sh …`). It builds ./cmd/caddy and ./bench/fakeserver
 // (or takes -caddy), then runs the fake upstream (bench/fakeserver, its own
@@ -174,7 +176,7 @@ func main() {
 	flag.IntVar(&o.readsItems, "reads-items", 20, "agent reads: items per thread")
 	flag.IntVar(&o.agentProfile, "agent-profile", 0, "agent modes: seconds of CPU profile of Caddy (streams: with every stream of the largest count open, plus a heap profile; reads: during each request type at the highest rate), in the first round")
 	flag.StringVar(&o.readsRate, "reads-rate", "100,1000", "agent reads: comma-separated request rates (per second, open loop, 2 a second per client)")
-	flag.StringVar(&o.agentStore, "agent-store", "sqlite", "agent streams: comma-separated thread stores to measure (a) on: sqlite, postgres; agent soak: the one store both instances share")
+	flag.StringVar(&o.agentStore, "agent-store", "sqlite", "agent streams: comma-separated thread stores to measure (a) on: sqlite, postgres; agent soak: the one store both instances share (default there: postgres)")
 	flag.StringVar(&o.postgresURL, "postgres-url", os.Getenv(pgURLEnv), "PostgreSQL server for the postgres store (the harness creates and drops databases of its own on it; default $"+pgURLEnv+", else a throwaway cluster in the work directory)")
 	flag.StringVar(&o.postgresBin, "postgres-bin", "/usr/lib/postgresql/15/bin", "directory of initdb and pg_ctl, for the throwaway cluster")
 	flag.IntVar(&o.streamReadsRate, "stream-reads-rate", 20, "agent streams: threads.list and threads.get_by_id requests a second (in turn, open loop) on a filled set of threads while the streams of (a) are open (0: none)")
@@ -186,6 +188,11 @@ func main() {
 	flag.DurationVar(&o.agentSoakKillAt, "agent-soak-restart-at", 0, "agent soak: when to kill (SIGKILL) the second instance and start it again (default: half-way plus half a reload interval, between two reloads; negative: never)")
 	flag.IntVar(&o.agentSoakWords, "agent-soak-words", 8, "agent soak: words in each message, so text deltas in each answer (plus 2)")
 	flag.Parse()
+	storeSet := false
+	flag.Visit(func(f *flag.Flag) { storeSet = storeSet || f.Name == "agent-store" })
+	if o.agentSoak && !storeSet {
+		o.agentStore = storePostgres // two instances share a server's database, as in production
+	}
 
 	if o.fakeCPUs == "" {
 		o.fakeCPUs = o.serverCPUs
