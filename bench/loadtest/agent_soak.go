@@ -588,10 +588,10 @@ func (a *agentSoak) report(sent int, elapsed time.Duration) error {
 		}
 		fmt.Printf("  %s  %s\n", v, fmt.Sprintf(format, args...))
 	}
-	check(lost == 0 && len(rb.readErrors) == 0, "zero lost items: every one of %d acknowledged items is in the database", len(a.acks))
-	check(dup == 0 && dupTurns == 0, "no duplicates: each acknowledged item once, each user message saved once")
+	check(lost == 0 && len(rb.readErrors) == 0, "zero lost items: %d of %d acknowledged items missing from the database (%d threads unreadable)", lost, len(a.acks), len(rb.readErrors))
+	check(dup == 0 && dupTurns == 0, "no duplicates: %d acknowledged items listed more than once, %d user messages saved twice", dup, dupTurns)
 	check(sumCounts(a.errs) == a.cut, "no errors but the turns cut by the kill (%d errors, %d cut)", sumCounts(a.errs), a.cut)
-	check(flat, "flat memory: each instance's RSS at the end within 20%% of its RSS after the first minute")
+	check(flat, "flat memory: each instance's RSS at the end within 20%% of its RSS a minute into the run (see above)")
 	if lost > 0 || dup > 0 || dupTurns > 0 || len(rb.readErrors) > 0 {
 		return fmt.Errorf("agent soak: %d acknowledged items lost, %d duplicated, %d threads unreadable", lost, dup+dupTurns, len(rb.readErrors))
 	}
