@@ -80,7 +80,7 @@ func runAgentSoak(s *servers) error {
 			return err
 		}
 	}
-	soak := &agentSoak{s: s, store: store, words: o.agentSoakWords, started: time.Now()}
+	soak := &agentSoak{s: s, fake: fake, store: store, words: o.agentSoakWords, started: time.Now()}
 	soak.insts = []*soakInstance{{name: "A", srv: s}, {name: "B", srv: &s2}}
 	for _, in := range soak.insts {
 		if err := soak.start(in); err != nil {
@@ -111,6 +111,7 @@ const soakTurnsPerThread = 8
 // agentSoak is one soak run's state.
 type agentSoak struct {
 	s       *servers
+	fake    *proc
 	store   *benchStore
 	words   int
 	insts   []*soakInstance
@@ -125,10 +126,25 @@ type agentSoak struct {
 	turnLat  []time.Duration   // of the turns that completed
 	events   []string          // reloads, the kill, the restart
 	samples  []soakSample
+	others   float64 // share of a core used by processes not the run's
 	finished atomic.Int64
 	next     atomic.Int64 // round-robin over the instances
 	turns    atomic.Int64 // numbers the turns (the marker in each message)
 	free     chan *soakThread
+	// killedCPU is the CPU time of the instance killed, taken just before.
+	killedCPU atomic.Int64
+}
+
+// ownCPU is the CPU time the run's own processes have used: the harness,
+// the fake, the PostgreSQL cluster and both instances (with the killed one).
+func (a *agentSoak) ownCPU() time.Duration {
+	t := selfCPU() + cpuTime(a.fake.pid()) + a.s.pg.cpu() + time.Duration(a.killedCPU.Load())
+	for _, in := range a.insts {
+		if p := in.current(); p != nil {
+			t += cpuTime(p.pid())
+		}
+	}
+	return t
 }
 
 // soakInstance is one of the two Caddy instances; gen counts its kills.
@@ -211,6 +227,7 @@ func (a *agentSoak) run(dur time.Duration, rate int, reloadEvery, killAt time.Du
 	defer tr.CloseIdleConnections()
 	a.hc = &http.Client{Transport: tr}
 	a.started = time.Now()
+	busy0, own0 := systemBusy(), a.ownCPU()
 	ctx, cancel := context.WithTimeout(context.Background(), dur)
 	defer cancel()
 
@@ -249,6 +266,7 @@ func (a *agentSoak) run(dur time.Duration, rate int, reloadEvery, killAt time.Du
 	turns.Wait()
 	bg.Wait()
 	elapsed := a.since()
+	a.others = max((systemBusy()-busy0)-(a.ownCPU()-own0), 0).Seconds() / elapsed.Seconds()
 	a.sampleOnce() // the last reading, with the load gone
 	for _, in := range a.insts {
 		if p := in.current(); p != nil {
@@ -434,6 +452,7 @@ func (a *agentSoak) restart(in *soakInstance) {
 	in.up = false
 	in.gen++
 	in.mu.Unlock()
+	a.killedCPU.Add(int64(cpuTime(p.pid())))
 	p.kill()
 	a.event("%s killed (SIGKILL, pid %d)", in.name, p.pid())
 	t := time.Now()
@@ -561,6 +580,7 @@ func (a *agentSoak) report(sent int, elapsed time.Duration) error {
 	fmt.Printf("\nagent soak: %d turns sent in %s (%.1f/s), %d answered; turn (request to the answer's thread.item.done) p50 %s, p99 %s, max %s\n",
 		sent, elapsed.Round(time.Millisecond), float64(sent)/elapsed.Seconds(), a.finished.Load(),
 		fmtDur(pctOf(a.turnLat, 0.5)), fmtDur(pctOf(a.turnLat, 0.99)), fmtDur(pctOf(a.turnLat, 1)))
+	fmt.Printf("other processes used %.0f%% of a core over the run\n", 100*a.others)
 	fmt.Printf("errors the client saw: %d%s\n", sumCounts(a.errs), failureList(a.errs))
 	fmt.Printf("  of which turns cut by the kill: %d\n", a.cut)
 	fmt.Printf("acknowledged items (thread.item.done seen): %d in %d threads; in the database afterwards: %d exactly once, %d lost, %d listed more than once; user messages saved twice: %d\n",
