@@ -91,7 +91,24 @@ func OpenSQLite(ctx context.Context, path string, opts SQLiteOptions) (*SQLiteSt
 	if err != nil {
 		return nil, err
 	}
-	if err := migrateSQLite(ctx, w, abs); err != nil {
+	// Several openers of a new file at once: the one switching it to WAL
+	// holds a lock that SQLite answers with SQLITE_BUSY without calling the
+	// busy handler, so the others try again, for up to the busy timeout.
+	deadline := time.Now().Add(opts.BusyTimeout)
+	for {
+		err = migrateSQLite(ctx, w, abs)
+		if err == nil || !isSQLiteBusy(err) || !time.Now().Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = openError(abs, ctx.Err())
+		case <-time.After(sqliteOpenRetry):
+			continue
+		}
+		break
+	}
+	if err != nil {
 		w.Close()
 		return nil, err
 	}
@@ -125,6 +142,15 @@ func openPool(abs string, params url.Values, conns int) (*sql.DB, error) {
 	db.SetConnMaxLifetime(0)
 	db.SetConnMaxIdleTime(0)
 	return db, nil
+}
+
+// sqliteOpenRetry is the pause between two tries of a busy open.
+const sqliteOpenRetry = 10 * time.Millisecond
+
+// isSQLiteBusy reports whether err is SQLite's SQLITE_BUSY (any extended code).
+func isSQLiteBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // openError labels a driver error met while opening the file.

@@ -388,3 +388,29 @@ func cmpOr(a, b error) error {
 	}
 	return b
 }
+
+// TestSQLiteConcurrentFirstOpen: openers of a file that does not exist yet,
+// all at once (two Caddys starting on one SQLite file), all succeed. One in
+// about a hundred failed with SQLITE_BUSY while another switched the new
+// file to WAL mode.
+func TestSQLiteConcurrentFirstOpen(t *testing.T) {
+	const rounds, openers = 100, 3
+	for round := range rounds {
+		path := filepath.Join(t.TempDir(), "threads.db")
+		var wg sync.WaitGroup
+		errs := make([]error, openers)
+		for i := range errs {
+			wg.Go(func() {
+				s, err := threadstore.OpenSQLite(context.Background(), path, threadstore.SQLiteOptions{})
+				if err == nil {
+					err = s.Close()
+				}
+				errs[i] = err
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d of %d openers at once: %v", round, openers, err)
+		}
+	}
+}
