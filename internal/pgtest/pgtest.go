@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -207,19 +208,28 @@ func (c *Cluster) Stop() {
 }
 
 // Stall stops every process of the server with SIGSTOP: connections are
-// still accepted by the kernel, and nothing ever answers.
+// still accepted by the kernel, and nothing ever answers. The postmaster
+// is stopped first, so that it forks no more, then the children it has; a
+// child that exits meanwhile (a connection that just closed) answers
+// nothing either.
 func (c *Cluster) Stall() {
 	c.t.Helper()
 	if c.stalled != nil {
 		return
 	}
-	pids := c.processes()
-	for _, pid := range pids { // the postmaster first: it forks no more
-		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+	postmaster := c.postmaster()
+	if err := syscall.Kill(postmaster, syscall.SIGSTOP); err != nil {
+		c.t.Fatalf("stalling the postmaster %d: %v", postmaster, err)
+	}
+	c.stalled = []int{postmaster} // from here on, the cleanup resumes what it holds
+	for _, pid := range c.children(postmaster) {
+		switch err := syscall.Kill(pid, syscall.SIGSTOP); {
+		case err == nil:
+			c.stalled = append(c.stalled, pid)
+		case !errors.Is(err, syscall.ESRCH):
 			c.t.Fatalf("stalling process %d: %v", pid, err)
 		}
 	}
-	c.stalled = pids
 }
 
 // Resume lets a stalled server go on (SIGCONT).
@@ -230,19 +240,24 @@ func (c *Cluster) Resume() {
 	c.stalled = nil
 }
 
-// processes are the postmaster and its children.
-func (c *Cluster) processes() []int {
+// postmaster is the server's main process.
+func (c *Cluster) postmaster() int {
 	c.t.Helper()
 	raw, err := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
 	if err != nil {
 		c.t.Fatalf("the server is not running: %v", err)
 	}
 	first, _, _ := strings.Cut(string(raw), "\n")
-	postmaster, err := strconv.Atoi(strings.TrimSpace(first))
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
 	if err != nil {
 		c.t.Fatalf("postmaster.pid: %q", first)
 	}
-	pids := []int{postmaster}
+	return pid
+}
+
+// children are the processes whose parent is pid.
+func (c *Cluster) children(parent int) []int {
+	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -255,7 +270,7 @@ func (c *Cluster) processes() []int {
 		}
 		// pid (comm) state ppid ...; comm may hold spaces, never ')'.
 		_, rest, ok := strings.Cut(string(stat), ") ")
-		if f := strings.Fields(rest); ok && len(f) > 1 && f[1] == strconv.Itoa(postmaster) {
+		if f := strings.Fields(rest); ok && len(f) > 1 && f[1] == strconv.Itoa(parent) {
 			pids = append(pids, pid)
 		}
 	}
