@@ -3,7 +3,6 @@ package threadstore
 import (
 	"context"
 	"errors"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -124,11 +123,8 @@ func (s *PostgresStore) UploadAttachment(ctx context.Context, owner, id, mimeTyp
 
 // AttachToThread implements Store.
 func (s *PostgresStore) AttachToThread(ctx context.Context, owner, threadID string, ids []string) ([]Attachment, error) {
-	switch {
-	case owner == "":
-		return nil, invalid("empty owner")
-	case len(ids) == 0 || len(ids) > MaxPageLimit:
-		return nil, invalid("attaching needs 1 to " + strconv.Itoa(MaxPageLimit) + " attachment ids")
+	if err := checkAttach(owner, ids); err != nil {
+		return nil, err
 	}
 	want := distinct(ids)
 	var out []Attachment

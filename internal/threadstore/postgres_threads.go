@@ -238,18 +238,12 @@ func (s *PostgresStore) ListThreads(ctx context.Context, owner, after string, li
 
 // UpdateThread implements Store.
 func (s *PostgresStore) UpdateThread(ctx context.Context, owner, id string, u ThreadUpdate) (Thread, error) {
-	if owner == "" {
-		return Thread{}, invalid("empty owner")
-	}
-	if err := checkJSON(u.Status, u.Metadata); err != nil {
+	title, err := checkUpdate(owner, u)
+	if err != nil {
 		return Thread{}, err
 	}
-	var title any // nil (NULL) leaves a column as it is
-	if u.Title != nil {
-		title = *u.Title
-	}
 	var t Thread
-	err := s.bounded(ctx, "update thread", func(ctx context.Context) error {
+	err = s.bounded(ctx, "update thread", func(ctx context.Context) error {
 		var ok bool
 		var err error
 		t, ok, err = pgThreadRow(s.pool.QueryRow(ctx, pgUpdateThread, id, owner, title, nullJSON(u.Status), nullJSON(u.Metadata)))

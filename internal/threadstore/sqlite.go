@@ -439,18 +439,12 @@ func (s *SQLiteStore) ListThreads(ctx context.Context, owner, after string, limi
 
 // UpdateThread implements Store.
 func (s *SQLiteStore) UpdateThread(ctx context.Context, owner, id string, u ThreadUpdate) (Thread, error) {
-	if owner == "" {
-		return Thread{}, invalid("empty owner")
-	}
-	if err := checkJSON(u.Status, u.Metadata); err != nil {
+	title, err := checkUpdate(owner, u)
+	if err != nil {
 		return Thread{}, err
 	}
-	var title any // nil (NULL) leaves a column as it is
-	if u.Title != nil {
-		title = *u.Title
-	}
 	var t Thread
-	err := s.write(ctx, "update thread", func(tx *sql.Tx) (err error) {
+	err = s.write(ctx, "update thread", func(tx *sql.Tx) (err error) {
 		t, err = scanThread(tx.QueryRowContext(ctx, qUpdateThread,
 			micros(s.now()), title, nullJSON(u.Status), nullJSON(u.Metadata), id, owner))
 		return err

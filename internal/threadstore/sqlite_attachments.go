@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"strconv"
 	"time"
 )
 
@@ -123,11 +122,8 @@ func (s *SQLiteStore) UploadAttachment(ctx context.Context, owner, id, mimeType 
 
 // AttachToThread implements Store.
 func (s *SQLiteStore) AttachToThread(ctx context.Context, owner, threadID string, ids []string) ([]Attachment, error) {
-	switch {
-	case owner == "":
-		return nil, invalid("empty owner")
-	case len(ids) == 0 || len(ids) > MaxPageLimit:
-		return nil, invalid("attaching needs 1 to " + strconv.Itoa(MaxPageLimit) + " attachment ids")
+	if err := checkAttach(owner, ids); err != nil {
+		return nil, err
 	}
 	out := make([]Attachment, 0, len(ids))
 	err := s.write(ctx, "attach attachments", func(tx *sql.Tx) error {

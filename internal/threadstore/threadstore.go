@@ -33,6 +33,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -295,6 +296,32 @@ func checkItem(owner string, it Item) error {
 		return invalid("empty item data")
 	}
 	return checkJSON(it.Data)
+}
+
+// checkUpdate validates UpdateThread's arguments and returns the title
+// argument of its statement: nil (NULL) leaves the title as it is.
+func checkUpdate(owner string, u ThreadUpdate) (title any, err error) {
+	if owner == "" {
+		return nil, invalid("empty owner")
+	}
+	if err := checkJSON(u.Status, u.Metadata); err != nil {
+		return nil, err
+	}
+	if u.Title != nil {
+		title = *u.Title
+	}
+	return title, nil
+}
+
+// checkAttach validates AttachToThread's arguments.
+func checkAttach(owner string, ids []string) error {
+	switch {
+	case owner == "":
+		return invalid("empty owner")
+	case len(ids) == 0 || len(ids) > MaxPageLimit:
+		return invalid("attaching needs 1 to " + strconv.Itoa(MaxPageLimit) + " attachment ids")
+	}
+	return nil
 }
 
 // checkJSON rejects malformed JSON; nil means absent and passes.
