@@ -1,8 +1,9 @@
 package chatkit
 
 // Limits that only the agent has: token budgets (what OpenAI reports a turn
-// cost, per user and for the site, in fixed windows), the bucket that bounds
-// reads of the thread store, and the rule of one running turn per thread.
+// cost, per user and for the site, in fixed windows) and the bucket that
+// bounds reads of the thread store; one running turn per thread is the
+// store's lease (agent_lease.go).
 // Model runs also spend the block's `rate_limit` token and `budget` run,
 // which live in the rate-limit zone (ratelimit.go). With the block's Redis
 // the token budgets live there too (redis.go), shared by every instance.
@@ -144,17 +145,16 @@ func (h *Handler) chargeTokens(owner string, tokens int64, now time.Time) {
 	if tokens <= 0 || (a.userBudget == nil && a.siteBudget == nil) {
 		return
 	}
-	if b := h.limiter.redis; b != nil {
-		// Not the request's context: a visitor who went away still spent
-		// the tokens.
-		if b.usable(now) && b.chargeTokens(context.Background(), owner, tokens, a.userBudget, a.siteBudget, now) == nil {
-			return
-		}
-		if !b.deny {
-			redisFallbacks.Inc()
-		}
-	}
-	a.zone.tokens.charge(owner, tokens, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now))
+	// Not the request's context: a visitor who went away still spent the
+	// tokens.
+	h.limiter.decideShared(context.Background(), now,
+		func(ctx context.Context, b *redisBackend) (decision, error) {
+			return decision{}, b.chargeTokens(ctx, owner, tokens, a.userBudget, a.siteBudget, now)
+		},
+		func() decision {
+			a.zone.tokens.charge(owner, tokens, a.userBudget, a.siteBudget, h.limiter.zone.clock.nanos(now))
+			return decision{}
+		})
 }
 
 // admit decides whether user may start a turn now (ns on the zone's

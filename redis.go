@@ -2,7 +2,6 @@ package chatkit
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -326,9 +325,10 @@ func (b *redisBackend) tokenBudgets(user string, perUser, site *tokenLimit) (key
 		keys, limits, scopes = append(keys, b.prefix+tokensSiteRedisKey), append(limits, site), append(scopes, tokenScopeSite)
 	}
 	if perUser != nil {
-		// A digest, not the id: Redis's operators need not see who chats.
-		d := sha256.Sum256([]byte(user))
-		keys = append(keys, b.prefix+tokensUserRedisKey+hex.EncodeToString(d[:16]))
+		// A digest, not the id, as for the buckets: Redis's operators need
+		// not see who chats.
+		k := stringBucketKey(user)
+		keys = append(keys, b.prefix+tokensUserRedisKey+hex.EncodeToString(k[:]))
 		limits, scopes = append(limits, perUser), append(scopes, tokenScopeUser)
 	}
 	return keys, limits, scopes

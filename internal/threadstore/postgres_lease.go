@@ -38,11 +38,8 @@ type pgLease struct {
 
 // ClaimThread implements ThreadLeaser across every process on the database.
 func (s *PostgresStore) ClaimThread(ctx context.Context, threadID string, ttl time.Duration) (Lease, error) {
-	switch {
-	case threadID == "":
-		return nil, invalid("empty thread id")
-	case ttl <= 0:
-		return nil, invalid("lease ttl must be positive")
+	if err := checkClaim(threadID, ttl); err != nil {
+		return nil, err
 	}
 	l := &pgLease{s: s, threadID: threadID, holder: randomToken(), ttl: ttl}
 	if err := l.put(ctx, "claim thread", pgClaimThread); err != nil {

@@ -324,6 +324,17 @@ func checkAttach(owner string, ids []string) error {
 	return nil
 }
 
+// checkClaim validates ClaimThread's arguments.
+func checkClaim(threadID string, ttl time.Duration) error {
+	switch {
+	case threadID == "":
+		return invalid("empty thread id")
+	case ttl <= 0:
+		return invalid("lease ttl must be positive")
+	}
+	return nil
+}
+
 // checkJSON rejects malformed JSON; nil means absent and passes.
 func checkJSON(docs ...json.RawMessage) error {
 	for _, d := range docs {
