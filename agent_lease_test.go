@@ -467,22 +467,8 @@ func TestAgentLeaseKeeper(t *testing.T) {
 		}
 	})
 	t.Run("renewals fail", func(t *testing.T) {
-		clock := &leaseClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-		path := filepath.Join(t.TempDir(), "threads.db")
-		s := openLeaseStore(t, path, clock)
-		l, err := s.ClaimThread(ctx, "thr", time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
 		// Another program holds the write lock: every renewal fails busy.
-		conn, err := agentRawDB(t, path).Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
-			t.Fatal(err)
-		}
+		_, _, l, conn := claimUnderWriteLock(t)
 		run, stop := context.WithCancelCause(ctx)
 		defer stop(nil)
 		claimed := time.Now()
@@ -499,21 +485,7 @@ func TestAgentLeaseKeeper(t *testing.T) {
 		conn.ExecContext(ctx, `ROLLBACK`)
 	})
 	t.Run("a failed renewal is retried", func(t *testing.T) {
-		clock := &leaseClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-		path := filepath.Join(t.TempDir(), "threads.db")
-		s := openLeaseStore(t, path, clock)
-		l, err := s.ClaimThread(ctx, "thr", time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := agentRawDB(t, path).Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
-			t.Fatal(err)
-		}
+		clock, path, l, conn := claimUnderWriteLock(t)
 		run, stop := context.WithCancelCause(ctx)
 		defer stop(nil)
 		k := startAgentLeaseKeeper(l, time.Now(), time.Hour, every, stop)
@@ -541,6 +513,29 @@ func TestAgentLeaseKeeper(t *testing.T) {
 			t.Fatalf("the keeper gave up after a transient failure: %v", context.Cause(run))
 		}
 	})
+}
+
+// claimUnderWriteLock claims thread "thr" on a new file, then holds the
+// file's write lock from another connection (another program writing), so
+// that the claim's renewals fail busy until the test rolls conn back.
+func claimUnderWriteLock(t *testing.T) (*leaseClock, string, threadstore.Lease, *sql.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	path := filepath.Join(t.TempDir(), "threads.db")
+	l, err := openLeaseStore(t, path, clock).ClaimThread(ctx, "thr", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := agentRawDB(t, path).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	return clock, path, l, conn
 }
 
 // leaseExpiry reads the thread's lease expiry from the file.
