@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -14,22 +15,7 @@ import (
 // its threads stay, and the attachments table arrives with the version bump.
 func TestSQLiteMigratesVersion1(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "threads.db")
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(sqliteMigrations[0] + fmt.Sprintf(`; PRAGMA application_id = %d; PRAGMA user_version = 1;
-		INSERT INTO threads (id, owner, status, created_at, updated_at) VALUES ('thr_old', 'user:a', '{"type":"active"}', 1, 1)`, sqliteAppID)); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-
-	s, err := OpenSQLite(ctx, path, SQLiteOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openOldSchema(t, 1, oldThreadRow)
 	var version int
 	if err := s.r.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != len(sqliteMigrations) || version < 2 {
 		t.Fatalf("user_version = %d, %v; want %d", version, err, len(sqliteMigrations))
@@ -56,23 +42,8 @@ func TestSQLiteMigratesVersion1(t *testing.T) {
 // version bump, and the owner's methods work on the old rows.
 func TestSQLiteMigratesVersion2(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "threads.db")
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(sqliteMigrations[0] + ";" + sqliteMigrations[1] + fmt.Sprintf(`; PRAGMA application_id = %d; PRAGMA user_version = 2;
-		INSERT INTO threads (id, owner, status, created_at, updated_at) VALUES ('thr_old', 'user:a', '{"type":"active"}', 1, 1);
-		INSERT INTO attachments (id, owner, thread_id, name, mime_type, size, created_at, data) VALUES ('atc_old', 'user:a', 'thr_old', 'a.png', 'image/png', 1, 1, x'00')`, sqliteAppID)); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-
-	s, err := OpenSQLite(ctx, path, SQLiteOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openOldSchema(t, 2, oldThreadRow+`;
+		INSERT INTO attachments (id, owner, thread_id, name, mime_type, size, created_at, data) VALUES ('atc_old', 'user:a', 'thr_old', 'a.png', 'image/png', 1, 1, x'00')`)
 	var version, indexes int
 	if err := s.r.QueryRow(`SELECT (SELECT user_version FROM pragma_user_version),
 		(SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN ('threads_by_update', 'attachments_by_owner'))`).Scan(&version, &indexes); err != nil ||
@@ -92,22 +63,7 @@ func TestSQLiteMigratesVersion2(t *testing.T) {
 // its threads stay, and the leases table arrives with the version bump.
 func TestSQLiteMigratesVersion3(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "threads.db")
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(sqliteMigrations[0] + ";" + sqliteMigrations[1] + ";" + sqliteMigrations[2] + fmt.Sprintf(`; PRAGMA application_id = %d; PRAGMA user_version = 3;
-		INSERT INTO threads (id, owner, status, created_at, updated_at) VALUES ('thr_old', 'user:a', '{"type":"active"}', 1, 1)`, sqliteAppID)); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-
-	s, err := OpenSQLite(ctx, path, SQLiteOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openOldSchema(t, 3, oldThreadRow)
 	var version int
 	if err := s.r.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != len(sqliteMigrations) || version < 4 {
 		t.Fatalf("user_version = %d, %v; want %d", version, err, len(sqliteMigrations))
@@ -125,4 +81,29 @@ func TestSQLiteMigratesVersion3(t *testing.T) {
 	if err := l.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// oldThreadRow is the thread an old database holds: thr_old of user:a.
+const oldThreadRow = `INSERT INTO threads (id, owner, status, created_at, updated_at) VALUES ('thr_old', 'user:a', '{"type":"active"}', 1, 1)`
+
+// openOldSchema writes a database of schema version (its first version
+// migrations) holding rows, then opens it as a store, which migrates it.
+func openOldSchema(t *testing.T, version int, rows string) *SQLiteStore {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "threads.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := strings.Join(sqliteMigrations[:version], ";")
+	if _, err := db.Exec(schema + fmt.Sprintf("; PRAGMA application_id = %d; PRAGMA user_version = %d;\n", sqliteAppID, version) + rows); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := OpenSQLite(context.Background(), path, SQLiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
